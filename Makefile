@@ -1,0 +1,31 @@
+# sdvideo: `make demo` runs the bundled golf-swing demo on the tiny model, `make test` the tests.
+# Both create .venv and install what they need. On a machine without an NVIDIA GPU torch is pinned
+# to the CPU build (torch==2.13.0); with one, pip's normal CUDA build is used. Override with
+# `make TORCH_SPEC="torch==X.Y" demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_NVIDIA),torch,torch==2.13.0)
+DEMO_OUT ?= outputs/demo
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) sdvideo.py --model tiny --height 256 --width 256 --steps 10 --batch-size 8 --out $(DEMO_OUT) --overwrite
+	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,211 @@
+"""Model loading: Stable Diffusion + ControlNet as one diffusers pipeline object, the scheduler,
+device and dtype. ``load_pipeline`` is the entry point; ``build_tiny_pipeline`` makes the small
+deterministic random-weight set the demo and the tests use (nothing downloaded). The pipeline
+object is a container here: sdvideo's own loop (pipeline.py) uses its parts and its
+``encode_prompt``, so prompts, control images and decoding match diffusers exactly.
+"""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionControlNetPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_CONTROLNET = "thibaud/controlnet-sd21-openpose-diffusers"
+TINY = "tiny"
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHECKPOINT_EXTENSIONS = (".ckpt", ".pth", ".pt", ".safetensors")
+# Stable Diffusion's training noise schedule, which every SD 1.x/2.x scheduler config carries.
+SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                   num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+TINY_SEED = 0
+TINY_TEXT_DIM = 32
+TINY_MAX_TOKENS = 77
+
+
+@dataclass
+class ModelSpec:
+    """What to load: ``tiny`` or a base and a ControlNet (hub ids, folders, or a checkpoint file)."""
+
+    model: str | None = None  # "tiny" for the built-in random model, else None
+    base: str = DEFAULT_BASE
+    controlnet: str = DEFAULT_CONTROLNET
+    controlnet_config: str = "cldm_v21.yaml"
+    scheduler: str = "ddim"
+    dtype: str = "fp32"
+    device: str = "auto"
+    local_files_only: bool = False
+    prediction_type: str | None = None  # tiny model only: "epsilon" or "v_prediction"
+
+
+def pick_device(name):
+    """``auto`` -> cuda, then mps, then cpu; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or install CUDA torch")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def make_scheduler(name, config):
+    """The --scheduler choice built from a scheduler config (keeps prediction_type, spacing...)."""
+    return SCHEDULERS[name].from_config(config)
+
+
+def load_pipeline(spec):
+    """Load models per ``spec`` -> StableDiffusionControlNetPipeline on its device and dtype."""
+    device, dtype = pick_device(spec.device), DTYPES[spec.dtype]
+    if spec.model == TINY:
+        pipe = build_tiny_pipeline(spec.prediction_type or "epsilon")
+    else:
+        for name, what in ((spec.base, "base model"), (spec.controlnet, "ControlNet")):
+            if _looks_like_path(name) and not os.path.exists(name):
+                raise UserError(f"{what} path not found: {name}; pass a diffusers folder, a checkpoint or a hub id")
+        controlnet = _load_controlnet(spec, dtype)
+        pipe = _from_pretrained(StableDiffusionControlNetPipeline, spec.base, "base model",
+                                spec.local_files_only, controlnet=controlnet, torch_dtype=dtype,
+                                safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False)
+    pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def _looks_like_path(name):
+    """A local path rather than a hub id ("owner/name": one slash, no leading dot, slash or tilde)."""
+    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def _from_pretrained(cls, name, what, local_files_only, **kwargs):
+    """cls.from_pretrained with missing weights turned into one actionable line."""
+    if _looks_like_path(name) and not os.path.isdir(name):
+        raise UserError(f"{what} {name} is not a folder; pass a diffusers folder or a hub id")
+    try:
+        return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot load {what} '{name}' ({reason[:200]}); download it once with "
+            f"`hf download {name}` where the hub is reachable, or pass a local diffusers folder"
+        ) from None
+
+
+def _load_controlnet(spec, dtype):
+    """A diffusers ControlNet from a folder/hub id, or an original checkpoint converted and cached."""
+    if spec.controlnet.lower().endswith(CHECKPOINT_EXTENSIONS):
+        return ControlNetModel.from_pretrained(converted_controlnet_dir(spec), torch_dtype=dtype)
+    return _from_pretrained(ControlNetModel, spec.controlnet, "ControlNet", spec.local_files_only,
+                            torch_dtype=dtype)
+
+
+def cache_dir():
+    """Where converted checkpoints are kept: $SDVIDEO_CACHE or ~/.cache/sdvideo."""
+    return os.environ.get("SDVIDEO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sdvideo"))
+
+
+def file_hash(path, chunk_size=1 << 24):
+    """sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_controlnet_dir(spec):
+    """Convert an original ControlNet checkpoint once, keyed by file and config hash; return the folder."""
+    from convert_original_controlnet_to_diffusers import convert_to_folder
+
+    for path, what in ((spec.controlnet, "ControlNet checkpoint"), (spec.controlnet_config, "--controlnet-config")):
+        if not os.path.isfile(path):
+            raise UserError(f"{what} not found: {path}")
+    key = f"{file_hash(spec.controlnet)[:16]}-{file_hash(spec.controlnet_config)[:8]}"
+    folder = os.path.join(cache_dir(), "controlnets", key)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        log.info("converting %s to diffusers (cached in %s)", spec.controlnet, folder)
+        convert_to_folder(spec.controlnet, spec.controlnet_config, folder)
+    return folder
+
+
+# ---- the tiny model ---------------------------------------------------------------------------
+
+def _byte_level_vocab():
+    """CLIP's byte-to-unicode alphabet, each symbol alone and word-final, plus the two specials."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [256 + n for n in range(256 - len(printable))]
+    symbols = [chr(c) for c in printable] + [chr(c) for c in shifted]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tiny_tokenizer():
+    """A CLIPTokenizer over single bytes (no merges), loaded from files written to a temp folder."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(_byte_level_vocab(), f)
+        with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=TINY_MAX_TOKENS)
+
+
+def build_tiny_pipeline(prediction_type="epsilon"):
+    """A deterministic random-weight SD + ControlNet with SD's layout, at toy width.
+
+    The VAE downsamples by 8 and the ControlNet's hint encoder by 8, as in SD, so every size rule
+    of the real models holds; the weights are random, so pictures are noise.
+    """
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        blocks = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, use_linear_projection=True)
+        unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4,
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **blocks)
+        controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(4, 8, 8, 16), **blocks)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                            block_out_channels=(8, 8, 16, 16), norm_num_groups=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TINY_TEXT_DIM, intermediate_size=37,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=TINY_MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, projection_dim=TINY_TEXT_DIM))
+    scheduler = DDIMScheduler(prediction_type=prediction_type, **SD_SCHEDULE)
+    return StableDiffusionControlNetPipeline(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        controlnet=controlnet.eval(), scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,333 @@
+"""sdvideo: pose-controlled video with Stable Diffusion + ControlNet-OpenPose, no fine-tuning.
+
+Run the bundled golf-swing demo on the tiny random model (writes outputs/demo/video.mp4):
+
+    python sdvideo.py --model tiny --out outputs/demo --overwrite
+
+and on real weights (SD 2.1 base + the OpenPose ControlNet, from the HF cache or folders):
+
+    python sdvideo.py --video swing.mp4 --poses swing_poses.json --prompt "an astronaut swinging a golf club"
+
+This module only parses arguments and wires the parts: pose_extract (poses -> maps), models,
+pipeline (the denoising loop), video_io and outputs (files).
+"""
+import argparse
+import logging
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from errors import UserError
+
+log = logging.getLogger("sdvideo")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO_POSES = os.path.join(HERE, "demo", "golf_swing.json")
+DEFAULT_PROMPT = "a golfer swinging a club on a sunny golf course, photorealistic, detailed"
+DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"
+DEFAULT_FPS = 24.0
+SIZE_MULTIPLE = 8
+MAX_CONTROLNET_SCALE = 5.0
+NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="sdvideo.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Pose-controlled video generation with SD + ControlNet-OpenPose, zero-shot. "
+                    "With no --video/--poses it runs the bundled golf-swing demo poses.")
+    inp = parser.add_argument_group("input")
+    inp.add_argument("--video", help="source video (any container FFmpeg reads); needs --poses for now")
+    inp.add_argument("--poses", help="OpenPose JSON (sequence file or folder of --write_json files) "
+                                     "or a folder of pose-map images; default: the demo swing")
+    inp.add_argument("--start", type=float, default=0.0, help="first frame's time in seconds")
+    inp.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    inp.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
+    inp.add_argument("--fps", type=float, default=None, help="resample to this frame rate (instead of --stride)")
+    inp.add_argument("--height", type=int, default=512, help="output height, rounded to a multiple of 8")
+    inp.add_argument("--width", type=int, default=512, help="output width, rounded to a multiple of 8")
+    inp.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep aspect by centre crop or padding")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=("tiny",), default=None,
+                       help="'tiny': built-in random-weight SD+ControlNet (noise pictures; for demo and tests)")
+    model.add_argument("--base", default="stabilityai/stable-diffusion-2-1-base",
+                       help="SD 1.x/2.x diffusers folder or hub id")
+    model.add_argument("--controlnet", default="thibaud/controlnet-sd21-openpose-diffusers",
+                       help="ControlNet diffusers folder, hub id, or original .ckpt/.safetensors")
+    model.add_argument("--controlnet-config", default=os.path.join(HERE, "cldm_v21.yaml"),
+                       help="original config used to convert a .ckpt/.safetensors --controlnet")
+    model.add_argument("--scheduler", choices=("ddim", "dpm++", "euler", "euler-a", "unipc"), default="ddim",
+                       help="sampler, built from the base model's scheduler config")
+    model.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision")
+    model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="where to run")
+    model.add_argument("--local-files-only", action="store_true",
+                       help="never contact the hub (HF_HUB_OFFLINE=1 does the same)")
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt for every frame")
+    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE, help="negative prompt")
+    gen.add_argument("--steps", type=int, default=20, help="denoising steps")
+    gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)")
+    gen.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    gen.add_argument("--control-start", type=float, default=0.0, help="fraction of the schedule where control starts")
+    gen.add_argument("--control-end", type=float, default=1.0, help="fraction of the schedule where control ends")
+    gen.add_argument("--seed", type=int, default=0, help="frame i's generator is seeded seed + i")
+    gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+
+    tech = parser.add_argument_group("techniques")
+    tech.add_argument("--noise", choices=NOISE_CHOICES, default="independent",
+                      help="initial noise across frames: independent per frame, one fixed, "
+                           "a progressive random walk, or a slerp between two seeds")
+    tech.add_argument("--noise-drift", type=float, default=0.1,
+                      help="progressive noise: radians per frame, z_i = cos(d) z_(i-1) + sin(d) e_i")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="run folder (default: outputs/run-<date>-<time>)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    out.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("--batch-size", type=int, default=4, help="frames per UNet/ControlNet call")
+    return parser
+
+
+# ---- 1. validate ------------------------------------------------------------------------------
+
+def validate(args):
+    """Check every argument a user can get wrong; round sizes. Raises UserError."""
+    checks = [
+        (args.steps >= 1, "--steps must be at least 1"),
+        (args.guidance >= 0, "--guidance must be >= 0"),
+        (0 <= args.controlnet_scale <= MAX_CONTROLNET_SCALE, f"--controlnet-scale must be in [0, {MAX_CONTROLNET_SCALE}]"),
+        (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
+        (args.eta >= 0, "--eta must be >= 0"),
+        (args.height > 0 and args.width > 0, "--height and --width must be positive"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.start >= 0, "--start must be >= 0 seconds"),
+        (args.max_frames is None or args.max_frames >= 1, "--max-frames must be at least 1"),
+        (args.stride >= 1, "--stride must be at least 1"),
+        (args.fps is None or args.fps > 0, "--fps must be positive"),
+        (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
+        (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
+        (args.video is None or args.poses is not None,
+         "--video needs --poses (an OpenPose JSON or pose-map folder) until pose extraction lands"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        rounded = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        if rounded != value:
+            log.warning("--%s %d is not a multiple of %d; using %d", name, value, SIZE_MULTIPLE, rounded)
+            setattr(args, name, rounded)
+    if args.video is None and args.poses is None:
+        args.poses = DEMO_POSES
+    if args.out is None:
+        args.out = os.path.join("outputs", time.strftime("run-%Y%m%d-%H%M%S"))
+
+
+# ---- 2. poses and source frames ---------------------------------------------------------------
+
+class Clip:
+    """The inputs of a run at the working size: pose maps (F, H, W, 3), source frames or None, fps."""
+
+    def __init__(self, pose_maps, fps, source_frames=None, keypoints=None):
+        self.pose_maps, self.fps, self.source_frames, self.keypoints = pose_maps, fps, source_frames, keypoints
+
+
+def load_clip(args):
+    """Read poses (and the video, if any), select frames, fit them to --height x --width."""
+    import pose_extract
+    import video_io
+
+    poses_path = args.poses
+    if not os.path.exists(poses_path):
+        raise UserError(f"pose file not found: {poses_path}")
+    is_image_folder = os.path.isdir(poses_path) and not any(n.endswith(".json") for n in os.listdir(poses_path))
+    video_size = None
+    if args.video:
+        width, height, source_fps, _ = video_io.probe_video(args.video)
+        video_size, num_available = (width, height), video_io.count_frames(args.video)
+
+    if is_image_folder:
+        maps = video_io.read_image_folder(poses_path, args.width, args.height, args.fit)
+        num_poses, keypoints, sequence_fps = len(maps), None, None
+    else:
+        sequence = pose_extract.read_poses(poses_path)
+        num_poses, sequence_fps = len(sequence.keypoints), sequence.fps
+        canvas = sequence.canvas_size or video_size
+        if canvas is None:
+            raise UserError(f"{poses_path} gives no canvas size for its pixel coordinates; add "
+                            "canvas_width/canvas_height to it or pass the --video it came from")
+
+    if args.video and num_poses != num_available:
+        raise UserError(f"{poses_path} has {num_poses} pose frames but {args.video} has {num_available} frames; "
+                        "they must correspond one to one")
+    if not args.video:
+        source_fps, num_available = float(sequence_fps or DEFAULT_FPS), num_poses
+    indices, fps = video_io.select_frames(num_available, source_fps, args.start, args.max_frames, args.stride, args.fps)
+    if not indices:
+        raise UserError(f"no frames selected: the clip has {num_available} frames at {source_fps:g} fps; lower --start")
+
+    if is_image_folder:
+        pose_maps = np.stack([maps[i] for i in indices])
+    else:
+        fit = video_io.fit_params(*canvas, args.width, args.height, args.fit)
+        keypoints = pose_extract.fit_keypoints(sequence.keypoints[indices], fit.scale, (fit.offset_x, fit.offset_y))
+        pose_maps = np.stack([pose_extract.draw_openpose(k, args.height, args.width) for k in keypoints])
+        empty = [i for i, k in enumerate(keypoints) if not (k[:, 2] > 0).any()]
+        if empty:
+            log.warning("%d of %d frames have no person (frames %s); their pose maps are blank",
+                        len(empty), len(indices), ", ".join(map(str, empty[:10])) + ("..." if len(empty) > 10 else ""))
+    source = video_io.read_video(args.video, indices, args.width, args.height, args.fit) if args.video else None
+    return Clip(pose_maps, fps, source, keypoints)
+
+
+# ---- 3. models --------------------------------------------------------------------------------
+
+def load_models(args):
+    import models
+
+    spec = models.ModelSpec(model=args.model, base=args.base, controlnet=args.controlnet,
+                            controlnet_config=args.controlnet_config, scheduler=args.scheduler,
+                            dtype=args.dtype, device=args.device,
+                            local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1")
+    return models.load_pipeline(spec)
+
+
+# ---- 4. generate, 5. write --------------------------------------------------------------------
+
+def generation_config(args):
+    from pipeline import GenerationConfig
+
+    noise_settings = {"drift": args.noise_drift} if args.noise == "progressive" else {}
+    return GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                            guidance=args.guidance, controlnet_scale=args.controlnet_scale,
+                            control_start=args.control_start, control_end=args.control_end, seed=args.seed,
+                            noise=args.noise, noise_settings=noise_settings, batch_size=args.batch_size,
+                            eta=args.eta)
+
+
+def write_frames(run, frames, clip):
+    """Write each generated frame as PNG and into video.mp4 and side_by_side.mp4 as it arrives."""
+    import video_io
+
+    videos = [video_io.VideoWriter(run.path("video.mp4"), clip.fps),
+              video_io.VideoWriter(run.path("side_by_side.mp4"), clip.fps)]
+    left = clip.source_frames if clip.source_frames is not None else clip.pose_maps
+    try:
+        for index, frame in enumerate(frames):
+            video_io.write_png(run.path("frames", f"{index:05d}.png"), frame)
+            videos[0].write(frame)
+            videos[1].write(np.concatenate([left[index], frame], axis=1))
+    except BaseException:
+        for video in videos:
+            video.abort()
+        raise
+    for video in videos:
+        video.close()
+
+
+def versions():
+    import diffusers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+def run(args):
+    """Steps 2-6 of main, for validated args."""
+    import torch
+
+    import outputs
+    import pipeline
+    import video_io
+
+    timings = {}
+    started = time.perf_counter()
+    run_folder = outputs.RunFolder(args.out, args.overwrite)
+    # 2. poses and source frames (all reading happens before anything is written)
+    clip = load_clip(args)
+    timings["inputs_s"] = time.perf_counter() - started
+    # 3. models
+    mark = time.perf_counter()
+    pipe = load_models(args)
+    timings["load_models_s"] = time.perf_counter() - mark
+    log.info("%d frames at %dx%d, %g fps, on %s (%s)", len(clip.pose_maps), args.width, args.height,
+             clip.fps, pipe.device, args.dtype)
+    run_folder.create("frames", "poses")
+    for index, pose_map in enumerate(clip.pose_maps):
+        video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
+    # 4. denoise
+    mark = time.perf_counter()
+    try:
+        latents, stats = pipeline.denoise(pipe, clip.pose_maps, generation_config(args), progress=not args.quiet)
+        timings["denoise_s"] = time.perf_counter() - mark
+        # 5. decode and write frames and videos
+        mark = time.perf_counter()
+        write_frames(run_folder, pipeline.decode(pipe, latents, args.batch_size, progress=not args.quiet),
+                     clip)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
+                        f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
+    timings["decode_write_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+    # 6. record the run and publish the folder
+    num_frames = len(clip.pose_maps)
+    run_folder.write_json("run.json", {
+        "args": vars(args), "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],
+        "seeds": {"seed": args.seed, "rule": "frame i uses torch.Generator('cpu').manual_seed(seed + i)"},
+        "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
+                   "scheduler": type(pipe.scheduler).__name__,
+                   "prediction_type": pipe.scheduler.config.get("prediction_type")},
+        "device": str(pipe.device), "versions": versions(), "timings": timings,
+        "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
+                 "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
+                 "seconds_per_frame": timings["total_s"] / num_frames},
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+    })
+    run_folder.finish()
+    log.info("wrote %s (video.mp4, side_by_side.mp4, frames/, poses/, run.json) in %.1f s",
+             run_folder.out, timings["total_s"])
+    return run_folder.out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    _quiet_libraries()
+    try:
+        # 1. validate arguments
+        validate(args)
+        run(args)
+    except UserError as error:
+        print(f"sdvideo: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        partial = f"{os.path.normpath(args.out)}.partial" if args.out else None
+        kept = f"; finished frames are kept in {partial}" if partial and os.path.isdir(partial) else ""
+        print(f"sdvideo: interrupted{kept}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quiet_libraries():
+    """transformers and diffusers log advice about optional packages (torchvision) we never use."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

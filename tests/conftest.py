@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny model, synthetic poses and videos (all built here, offline)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import models  # noqa: E402
+import pose_extract  # noqa: E402
+import video_io  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    return models.build_tiny_pipeline()
+
+
+def random_keypoints(rng, height, width, num_frames):
+    """(F, 18, 3) keypoints inside a (height, width) canvas, all joints present."""
+    keypoints = np.ones((num_frames, 18, 3), dtype=np.float32)
+    keypoints[..., 0] = rng.uniform(4, width - 4, (num_frames, 18))
+    keypoints[..., 1] = rng.uniform(4, height - 4, (num_frames, 18))
+    return keypoints
+
+
+@pytest.fixture
+def pose_maps():
+    """Three distinct 64x96 pose maps, (3, 64, 96, 3) uint8."""
+    keypoints = random_keypoints(np.random.default_rng(0), 64, 96, 3)
+    return np.stack([pose_extract.draw_openpose(k, 64, 96) for k in keypoints])
+
+
+@pytest.fixture
+def pose_file(tmp_path):
+    """A 6-frame pose sequence on a 128x128 canvas at 12 fps."""
+    keypoints = random_keypoints(np.random.default_rng(1), 128, 128, 6)
+    path = str(tmp_path / "poses.json")
+    pose_extract.write_poses(path, pose_extract.PoseSequence(keypoints, (128, 128), 12.0))
+    return path
+
+
+def make_video(path, num_frames=6, height=96, width=128, fps=12):
+    """A synthetic clip: a bright square moving right on a gradient."""
+    frames = []
+    for i in range(num_frames):
+        frame = np.zeros((height, width, 3), dtype=np.uint8)
+        frame[..., 0] = np.linspace(0, 200, width, dtype=np.uint8)[None, :]
+        frame[20:40, 10 + 8 * i:30 + 8 * i] = 255
+        frames.append(frame)
+    video_io.write_video(str(path), frames, fps)
+    return frames

@@ -1,0 +1,185 @@
+"""The command line end to end on the tiny model: outputs, refusals, every user-facing failure."""
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+import pipeline
+import sdvideo
+import video_io
+from conftest import ROOT, make_video
+
+FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet"]
+
+
+def run_cli(*args):
+    return sdvideo.main([*FAST, *args])
+
+
+def frame_count(path):
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_demo_run_writes_videos_frames_poses_and_run_json(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--max-frames", "5", "--out", str(out)) == 0
+    assert sorted(os.listdir(out)) == ["frames", "poses", "run.json", "side_by_side.mp4", "video.mp4"]
+    assert sorted(os.listdir(out / "frames")) == [f"{i:05d}.png" for i in range(5)]
+    assert len(os.listdir(out / "poses")) == 5
+    assert frame_count(out / "video.mp4") == 5
+    with av.open(str(out / "side_by_side.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (128, 64) and stream.codec_context.pix_fmt == "yuv420p"
+    record = json.loads((out / "run.json").read_text())
+    assert record["frames"] == 5 and record["fps"] == 30.0 and record["args"]["steps"] == 2
+    assert record["models"]["scheduler"] == "DDIMScheduler" and record["versions"]["diffusers"]
+    assert record["cost"]["unet_evals_per_frame"] == 2 * 2  # 2 steps x 2 guidance branches
+    assert not os.path.exists(f"{out}.partial")
+
+
+def test_existing_run_is_refused_without_overwrite_and_replaced_with_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier result")
+    assert run_cli("--max-frames", "2", "--out", str(out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "earlier result"
+    assert run_cli("--max-frames", "2", "--out", str(out), "--overwrite") == 0
+    assert not (out / "keep.txt").exists() and (out / "video.mp4").exists()
+
+
+def test_video_with_poses_puts_the_source_on_the_left(tmp_path, pose_file):
+    video = tmp_path / "clip.mp4"
+    make_video(video, num_frames=6, height=128, width=128)
+    out = tmp_path / "run"
+    assert run_cli("--video", str(video), "--poses", pose_file, "--stride", "2", "--out", str(out)) == 0
+    assert len(os.listdir(out / "frames")) == 3
+    with av.open(str(out / "side_by_side.mp4")) as container:
+        left = next(container.decode(video=0)).to_ndarray(format="rgb24")[:, :64]
+    source = video_io.fit_image(make_video(tmp_path / "again.mp4", 6, 128, 128)[0], 64, 64, "crop")
+    assert np.abs(left.astype(int) - source).mean() < 6
+    assert json.loads((out / "run.json").read_text())["fps"] == 6.0
+
+
+def test_a_folder_of_pose_images_is_used_as_is(tmp_path):
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    for i in range(3):
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[10:20, 10 + i:20 + i] = 255
+        video_io.write_png(str(folder / f"{i:03d}.png"), image)
+    out = tmp_path / "run"
+    assert run_cli("--poses", str(folder), "--out", str(out)) == 0
+    assert len(os.listdir(out / "frames")) == 3
+
+
+def test_sizes_are_rounded_to_a_multiple_of_8(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert sdvideo.main(["--model", "tiny", "--height", "61", "--width", "70", "--steps", "1",
+                         "--max-frames", "1", "--out", str(out)]) == 0
+    assert "multiple of 8" in caplog.text
+    assert json.loads((out / "run.json").read_text())["size"] == [72, 64]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps"),
+    (["--guidance", "-1"], "--guidance"),
+    (["--controlnet-scale", "9"], "--controlnet-scale"),
+    (["--control-start", "0.8", "--control-end", "0.2"], "--control-start"),
+    (["--height", "-8"], "--height"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--max-frames", "0"], "--max-frames"),
+    (["--stride", "0"], "--stride"),
+    (["--fps", "10", "--stride", "2"], "not both"),
+    (["--noise-drift", "5"], "--noise-drift"),
+    (["--start", "100"], "no frames selected"),
+    (["--poses", "missing.json"], "not found"),
+    (["--video", "x.mp4"], "--video needs --poses"),
+    (["--device", "cuda"], "CUDA"),
+])
+def test_bad_arguments_fail_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    if "--device" in flags and sdvideo_has_cuda():
+        pytest.skip("this machine has CUDA")
+    assert run_cli(*flags, "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("sdvideo: error:")
+    assert not out.exists() and not os.path.exists(f"{out}.partial")
+
+
+def sdvideo_has_cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_input_files_fail_with_one_line_and_write_nothing(tmp_path, capsys, pose_file):
+    good_video = tmp_path / "clip.mp4"
+    make_video(good_video, num_frames=5)
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x01garbage" * 500)
+    cases = [
+        (["--video", str(tmp_path / "none.mp4"), "--poses", pose_file], "video not found"),
+        (["--video", str(corrupt), "--poses", pose_file], "cannot read video"),
+        (["--video", str(good_video), "--poses", pose_file], "6 pose frames but"),
+        (["--poses", write(tmp_path / "empty.json", "")], "not valid JSON"),
+        (["--poses", write(tmp_path / "nothing.json", "[]")], "holds no frames"),
+        (["--poses", write(tmp_path / "nocanvas.json", '[{"people": []}]')], "canvas size"),
+        (["--poses", str(empty_folder)], "no images"),
+    ]
+    for flags, message in cases:
+        out = tmp_path / "run"
+        assert run_cli(*flags, "--out", str(out)) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (flags, err)
+        assert not out.exists() and not os.path.exists(f"{out}.partial")
+
+
+def test_missing_weights_name_what_and_how_without_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for flags, message in [(["--base", str(tmp_path / "no-such-folder")], "base model path not found"),
+                           (["--controlnet", "someone/not-downloaded"], "hf download someone/not-downloaded")]:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "sdvideo.py"), "--quiet", "--max-frames", "1",
+                                 "--out", str(tmp_path / "run"), *flags],
+                                capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "run").exists()
+
+
+def test_argparse_errors_exit_2_without_traceback():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "sdvideo.py"), "--scheduler", "nope"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_interrupted_run_keeps_finished_frames_and_no_half_video(tmp_path, monkeypatch, capsys):
+    real_decode = pipeline.decode
+
+    def decode_then_interrupt(*args, **kwargs):
+        for index, frame in enumerate(real_decode(*args, **kwargs)):
+            if index == 2:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(pipeline, "decode", decode_then_interrupt)
+    out = tmp_path / "run"
+    assert run_cli("--max-frames", "4", "--out", str(out)) == 130
+    partial = tmp_path / "run.partial"
+    assert "kept in" in capsys.readouterr().err
+    assert not out.exists()
+    assert sorted(os.listdir(partial / "frames")) == ["00000.png", "00001.png"]
+    assert not [n for n in os.listdir(partial) if n.endswith(".mp4")]
