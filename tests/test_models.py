@@ -1,0 +1,80 @@
+import os
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+
+import convert_original_controlnet_to_diffusers as converter
+import models
+from errors import UserError
+from test_convert import config_path, outputs, reference  # noqa: F401  (fixtures)
+
+
+def test_tiny_model_is_deterministic_and_sd_shaped():
+    a, b = models.build_tiny_pipeline(), models.build_tiny_pipeline()
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        for (key, pa), pb in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
+            assert torch.equal(pa, pb), (name, key)
+    assert a.vae_scale_factor == 8 and a.unet.config.use_linear_projection
+    ids = a.tokenizer("golf", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == a.tokenizer.bos_token_id
+
+
+def test_building_the_tiny_model_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    models.build_tiny_pipeline()
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name, cls", [("ddim", "DDIMScheduler"), ("dpm++", "DPMSolverMultistepScheduler"),
+                                       ("euler", "EulerDiscreteScheduler"),
+                                       ("euler-a", "EulerAncestralDiscreteScheduler"),
+                                       ("unipc", "UniPCMultistepScheduler")])
+def test_schedulers_keep_the_base_config(name, cls):
+    config = models.build_tiny_pipeline("v_prediction").scheduler.config
+    scheduler = models.make_scheduler(name, config)
+    assert type(scheduler).__name__ == cls
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.beta_schedule == "scaled_linear"
+
+
+def test_missing_accelerators_are_user_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA"):
+            models.pick_device("cuda")
+    assert models.pick_device("cpu") == torch.device("cpu")
+
+
+def test_hub_ids_and_paths_are_told_apart():
+    assert not models._looks_like_path("stabilityai/stable-diffusion-2-1-base")
+    assert models._looks_like_path("./weights") and models._looks_like_path("/abs/sd") and models._looks_like_path("a/b/c")
+
+
+def tiny_base_folder(folder):
+    """The tiny pipeline saved with a UNet whose blocks fit the tiny ControlLDM yaml's ControlNet."""
+    pipe = models.build_tiny_pipeline()
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True)
+    pipe.save_pretrained(folder)
+    return str(folder)
+
+
+def test_controlnet_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatch, reference, config_path):  # noqa: F811
+    monkeypatch.setenv("SDVIDEO_CACHE", str(tmp_path / "cache"))
+    checkpoint = str(tmp_path / "openpose.safetensors")
+    save_file({"control_model." + k: v for k, v in reference[1].items()}, checkpoint)
+    spec = models.ModelSpec(base=tiny_base_folder(tmp_path / "base"), controlnet=checkpoint,
+                            controlnet_config=config_path, device="cpu", local_files_only=True)
+    calls = []
+    real = converter.convert_to_folder
+    monkeypatch.setattr(converter, "convert_to_folder", lambda *a, **k: calls.append(a) or real(*a, **k))
+    pipe = models.load_pipeline(spec)
+    assert torch.allclose(outputs(pipe.controlnet), reference[2], atol=1e-6)
+    again = models.load_pipeline(spec)
+    assert len(calls) == 1 and torch.allclose(outputs(again.controlnet), reference[2], atol=1e-6)
+    assert len(os.listdir(tmp_path / "cache" / "controlnets")) == 1
