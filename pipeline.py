@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import latent_ops
 from noise import NOISE
 
 
@@ -41,24 +42,73 @@ class LoopStats:
     controlnet_evals: int = 0
 
 
+@dataclass
+class PassInfo:
+    """What a technique learns at the start of a pass over (a subset of) the clip's frames."""
+
+    frame_ids: list  # clip index of each frame of the pass, in pass order
+    timesteps: torch.Tensor
+    scheduler: object
+    noise: torch.Tensor  # (F_pass, C, h, w): the pass's initial noise before the scheduler's scaling
+    prediction_type: str = "epsilon"
+
+    def alpha_bar(self, step):
+        """Cumulative alpha of the latents entering ``step``; after the last step, the final alpha."""
+        if step >= len(self.timesteps):
+            return float(getattr(self.scheduler, "final_alpha_cumprod", self.scheduler.alphas_cumprod[0]))
+        return float(self.scheduler.alphas_cumprod[int(self.timesteps[step])])
+
+    def signal_scale(self, step):
+        """How much a clean-latent change moves the latents entering ``step``.
+
+        sqrt(alpha_bar) for variance-preserving schedulers (z = sqrt(abar) x0 + sqrt(1-abar) eps);
+        1 for sigma-space ones (Euler: z = x0 + sigma eps, init_noise_sigma > 1).
+        """
+        if float(self.scheduler.init_noise_sigma) > 1.0:
+            return 1.0
+        return self.alpha_bar(step) ** 0.5
+
+
 class Technique:
     """A temporal-consistency technique: hooks the loop calls with and for plain tensors.
 
-    Each hook receives the latents of all frames, (F, 4, H/8, W/8), and returns them, changed or
-    not. The base class changes nothing; a technique overrides what it needs.
+    Latent hooks receive the latents of the pass's frames, (F, 4, H/8, W/8), and return them,
+    changed or not. The base class changes nothing; a technique overrides what it needs.
     """
+
+    sets_start = False  # True for a technique that chooses the frames' starting latents (SDEdit-like)
+
+    def setup(self, info):
+        """Called once at the start of a pass with its PassInfo."""
+
+    def first_steps(self):
+        """Per frame of the pass, the first step it is computed at (it is skipped before), or None."""
+        return None
 
     def initial_latents(self, latents):
         """Called once after the noise is drawn (and scaled by the scheduler's init sigma)."""
         return latents
 
-    def before_step(self, step, t, latents):
-        """Called before step ``step`` (timestep ``t``) predicts noise."""
+    def plan_batch(self, chunk, active):
+        """Frames (pass indices) a chunk's model call needs, ending with ``chunk``, and attention
+        kwargs for them; None keeps the chunk as it is."""
+        return None
+
+    def before_step(self, step, t, latents, active):
+        """Called before step ``step`` (timestep ``t``) predicts noise; active: (F,) bool, the
+        frames computed at this step."""
         return latents
 
-    def after_step(self, step, t, latents):
-        """Called after the scheduler's step ``step`` produced the latents for the next one."""
+    def after_step(self, step, t, latents, x0_pred, active):
+        """Called after the scheduler's step; x0_pred: the clean-latent estimate of this step
+        (zero for frames not computed)."""
         return latents
+
+    def attach(self, pipe):
+        """Called before the first pass, to install what the technique needs in the models."""
+
+    def detach(self, pipe):
+        """Called after the last pass (also on errors), to undo ``attach``."""
 
 
 def control_scales(num_steps, scale, start, end):
@@ -72,8 +122,8 @@ def pose_maps_to_control(pose_maps, device, dtype):
     return control.to(device=device, dtype=dtype)
 
 
-def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats):
-    """Guided noise prediction for one chunk; latents (B, 4, h, w), control (B, 3, H, W).
+def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None):
+    """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W).
 
     text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
     eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
@@ -87,10 +137,12 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
     residuals = {}
     if cond_scale > 0:  # outside the control window ControlNet adds zeros: skip it
         down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
-                                    conditioning_scale=cond_scale, return_dict=False)
+                                    conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
+                                    return_dict=False)
         residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
         stats.controlnet_evals += model_input.shape[0]
-    noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False, **residuals)[0]
+    noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
+                           return_dict=False, **residuals)[0]
     stats.unet_evals += model_input.shape[0]
     if do_cfg:
         noise_uncond, noise_text = noise_pred.chunk(2)
@@ -98,12 +150,28 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
     return noise_pred
 
 
+def latent_shape(pipe, height, width):
+    """(C, H/8, W/8) of a frame's latent."""
+    return (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+
+def frame_generators(seed, frame_ids):
+    """Frame i's CPU generator is seeded seed + i, as a per-frame diffusers call with that seed."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in frame_ids]
+
+
 @torch.no_grad()
-def denoise(pipe, pose_maps, config, techniques=(), progress=True):
-    """Denoise a clip; pose_maps: (F, H, W, 3) uint8 -> (clean latents (F, 4, H/8, W/8), LoopStats)."""
+def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, generators=None,
+            progress=True, stats=None):
+    """Denoise a pass over frames; pose_maps: (F, H, W, 3) uint8 -> (clean latents (F, 4, H/8, W/8), LoopStats).
+
+    frame_ids are the frames' clip indices (default 0..F-1); noise (F, 4, H/8, W/8) and generators
+    are drawn from config when not given (a multi-pass driver draws them once for the clip).
+    """
     device, dtype = pipe.unet.device, pipe.unet.dtype
     num_frames, height, width = pose_maps.shape[:3]
-    stats = LoopStats()
+    frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
+    stats = LoopStats() if stats is None else stats
 
     # 1. encode prompt (once for the clip); guidance <= 1 means no negative branch, as in diffusers
     do_cfg = config.guidance > 1
@@ -115,29 +183,98 @@ def denoise(pipe, pose_maps, config, techniques=(), progress=True):
     timesteps = pipe.scheduler.timesteps
     cond_scales = control_scales(len(timesteps), config.controlnet_scale, config.control_start, config.control_end)
 
-    # 3. initial latents: frame i's generator is seeded seed + i, as a per-frame diffusers call
-    generators = [torch.Generator("cpu").manual_seed(config.seed + i) for i in range(num_frames)]
-    shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    latents = NOISE[config.noise](generators, shape, **config.noise_settings).to(device=device, dtype=dtype)
-    latents = latents * pipe.scheduler.init_noise_sigma
+    # 3. initial latents, and the step each frame starts at (techniques may skip early steps)
+    if generators is None:
+        generators = frame_generators(config.seed, frame_ids)
+    if noise is None:
+        noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
+    noise = noise.to(device=device, dtype=dtype)
+    latents = noise * pipe.scheduler.init_noise_sigma
+    info = PassInfo(frame_ids, timesteps, pipe.scheduler, noise, pipe.scheduler.config.get("prediction_type", "epsilon"))
+    for technique in techniques:
+        technique.setup(info)
+    starts = [0] * num_frames
+    for technique in techniques:
+        starts = [max(a, b) for a, b in zip(starts, technique.first_steps() or starts)]
     for technique in techniques:
         latents = technique.initial_latents(latents)
-    step_kwargs = pipe.prepare_extra_step_kwargs(generators, config.eta)
 
-    # 4. denoise: every frame at every step, in chunks of batch_size frames
-    chunks = [slice(s, s + config.batch_size) for s in range(0, num_frames, config.batch_size)]
+    # 4. denoise: the started frames at every step, in chunks of batch_size frames
     for i, t in enumerate(tqdm(timesteps, desc="denoising", unit="step", disable=not progress)):
+        active = [j for j in range(num_frames) if starts[j] <= i]
+        if not active:
+            continue
+        index = torch.tensor(active, device=device)
+        mask = torch.zeros(num_frames, dtype=torch.bool, device=device).index_fill(0, index, True)
         for technique in techniques:
-            latents = technique.before_step(i, t, latents)
-        noise_pred = torch.cat([
-            predict_noise(pipe, latents[chunk], pose_maps_to_control(pose_maps[chunk], device, dtype),
-                          t, text_embeds, cond_scales[i], config.guidance, stats)
-            for chunk in chunks
-        ])
-        latents = pipe.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            latents = technique.before_step(i, t, latents, mask)
+        noise_pred = []
+        for first in range(0, len(active), config.batch_size):
+            chunk = active[first:first + config.batch_size]
+            batch, attention_kwargs = chunk, None
+            for technique in techniques:
+                batch, attention_kwargs = technique.plan_batch(chunk, set(active)) or (batch, attention_kwargs)
+            chunk_pred = predict_noise(pipe, latents[batch], pose_maps_to_control(pose_maps[batch], device, dtype),
+                                       t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs)
+            noise_pred.append(chunk_pred[len(batch) - len(chunk):])  # the chunk's frames come last
+        noise_pred = torch.cat(noise_pred)
+        step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in active], config.eta)
+        output = pipe.scheduler.step(noise_pred, t, latents[index], **step_kwargs)
+        x0_active = getattr(output, "pred_original_sample", None)
+        if x0_active is None:  # multistep solvers (DPM++, UniPC) are variance preserving
+            x0_active = latent_ops.predicted_x0(noise_pred, latents[index], info.alpha_bar(i), info.prediction_type)
+        latents = latents.index_copy(0, index, output.prev_sample.to(dtype))
+        x0_pred = torch.zeros_like(latents).index_copy(0, index, x0_active.to(dtype))
         for technique in techniques:
-            latents = technique.after_step(i, t, latents)
+            latents = technique.after_step(i, t, latents, x0_pred, mask)
     return latents, stats
+
+
+@torch.no_grad()
+def encode(pipe, frames, batch_size):
+    """VAE latents of RGB frames, in chunks; frames (F, H, W, 3) uint8 -> (F, 4, H/8, W/8) scaled.
+
+    The distribution's mean (not a sample) so the result is deterministic: E(v) = scale * mu(v).
+    """
+    device, dtype = pipe.vae.device, pipe.vae.dtype
+    latents = []
+    for start in range(0, len(frames), batch_size):
+        images = pose_maps_to_control(frames[start:start + batch_size], device, dtype) * 2 - 1
+        latents.append(pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor)
+    return torch.cat(latents)
+
+
+def generate(pipe, pose_maps, config, techniques=(), keyframes=None, progress=True):
+    """The clip's clean latents: one pass, or two with keyframes (keyframes in full, then the
+    frames between them from their keyframe plus residual). -> ((F, 4, h, w), LoopStats)."""
+    num_frames, height, width = pose_maps.shape[:3]
+    generators = frame_generators(config.seed, range(num_frames))
+    noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
+    stats = LoopStats()
+
+    def run(ids, pass_techniques):
+        ids = list(ids)
+        latents, _ = denoise(pipe, pose_maps[ids], config, pass_techniques, frame_ids=ids, noise=noise[ids],
+                             generators=[generators[i] for i in ids], progress=progress, stats=stats)
+        return latents
+
+    for technique in techniques:
+        technique.attach(pipe)
+    try:
+        if keyframes is None:
+            return run(range(num_frames), techniques), stats
+        keys, between = keyframes.split(num_frames)
+        key_latents = run(keys, techniques)
+        latents = torch.empty((num_frames, *key_latents.shape[1:]), dtype=key_latents.dtype,
+                              device=key_latents.device)
+        latents[keys] = key_latents
+        if between:
+            start = keyframes.between_start(key_latents, keys, between)
+            latents[between] = run(between, [t for t in techniques if not t.sets_start] + [start])
+        return latents, stats
+    finally:
+        for technique in techniques:
+            technique.detach(pipe)
 
 
 @torch.no_grad()

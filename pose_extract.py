@@ -186,3 +186,17 @@ def write_poses(path, sequence):
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def similarity_transform(source, target, min_joints=2):
+    """2x3 similarity (rotation, uniform scale, shift) mapping source joints onto target joints.
+
+    source, target: (18, 3); joints present in both are used (least squares, OpenCV). Identity
+    when fewer than ``min_joints`` are shared.
+    """
+    shared = (source[:, 2] > 0) & (target[:, 2] > 0)
+    if shared.sum() < min_joints:
+        return np.float32([[1, 0, 0], [0, 1, 0]])
+    matrix, _ = cv2.estimateAffinePartial2D(source[shared, :2].astype(np.float32),
+                                            target[shared, :2].astype(np.float32), method=cv2.LMEDS)
+    return np.float32([[1, 0, 0], [0, 1, 0]]) if matrix is None else matrix.astype(np.float32)

@@ -85,6 +85,38 @@ def build_parser():
                            "a progressive random walk, or a slerp between two seeds")
     tech.add_argument("--noise-drift", type=float, default=0.1,
                       help="progressive noise: radians per frame, z_i = cos(d) z_(i-1) + sin(d) e_i")
+    tech.add_argument("--preset", choices=("baseline", "seed", "keyframe", "t2v-zero"), default=None,
+                      help="a named combination (see README); explicit flags override its settings")
+    tech.add_argument("--anchor", default="first",
+                      help="reference frame of copying, blending, differences, cross-frame attention: first|middle|N")
+    tech.add_argument("--blend-steps", default=None, help="latent blending at steps a:b (ints, or fractions like 0:0.5)")
+    tech.add_argument("--blend-weight", type=float, default=0.5, help="blending: z <- (1-w) z + w z_ref")
+    tech.add_argument("--blend-ref", choices=("anchor", "previous"), default="anchor", help="blending reference")
+    tech.add_argument("--copy-step", default=None, help="intermediate latent copying at step k (int, or a fraction like 0.3)")
+    tech.add_argument("--copy-from", choices=("anchor", "previous"), default="anchor",
+                      help="copy the anchor's latent, or each frame its predecessor's")
+    tech.add_argument("--diff-steps", default=None,
+                      help="inject source latent differences at steps a:b (needs --video or --residuals)")
+    tech.add_argument("--diff-scale", type=float, default=1.0,
+                      help="differences: z_i <- z_i + lambda (z_anchor + sqrt(abar_t) d_i - z_i); 1 = full injection")
+    tech.add_argument("--diff-align", choices=("none", "stats", "pose"), default="none",
+                      help="align source differences: as is, channel statistics, or pose similarity")
+    tech.add_argument("--init-from-source", action="store_true",
+                      help="start each frame from its source frame's latent noised to --strength (SDEdit)")
+    tech.add_argument("--strength", type=float, default=0.7, help="--init-from-source: fraction of the schedule run")
+    tech.add_argument("--mode", choices=("plain", "keyframe"), default="plain",
+                      help="keyframe: every K-th frame in full, the rest from keyframe + residual")
+    tech.add_argument("--keyframe-interval", type=int, default=8, help="keyframe mode: K")
+    tech.add_argument("--residual-strength", type=float, default=0.5,
+                      help="keyframe mode: fraction of the schedule run for frames between keyframes")
+    tech.add_argument("--save-residuals", default=None, help="save the source latents and poses to this file")
+    tech.add_argument("--residuals", default=None,
+                      help="source latents from a --save-residuals file instead of --video (same frame count and size)")
+    tech.add_argument("--cross-frame-attn", choices=("off", "anchor", "previous", "anchor+previous"), default="off",
+                      help="self-attention keys and values from these frames (UNet and ControlNet)")
+    tech.add_argument("--flow-warp", type=float, default=0.0,
+                      help="fuse the previous frame's clean latent warped by the source's optical flow, weight w")
+    tech.add_argument("--flow-steps", default="0:0.5", help="flow warp at steps a:b")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run folder (default: outputs/run-<date>-<time>)")
@@ -117,9 +149,34 @@ def validate(args):
         (args.video is None or args.poses is not None,
          "--video needs --poses (an OpenPose JSON or pose-map folder) until pose extraction lands"),
     ]
+    checks += [
+        (0 <= args.blend_weight <= 1, "--blend-weight must be in [0, 1]"),
+        (args.diff_scale >= 0, "--diff-scale must be >= 0"),
+        (0 < args.strength <= 1, "--strength must be in (0, 1]"),
+        (0 <= args.residual_strength <= 1, "--residual-strength must be in [0, 1]"),
+        (args.keyframe_interval >= 1, "--keyframe-interval must be at least 1"),
+        (0 <= args.flow_warp <= 1, "--flow-warp must be in [0, 1]"),
+        (args.anchor in ("first", "middle") or args.anchor.isdigit(), "--anchor must be first, middle or a frame number"),
+        (not (args.flow_warp > 0 and args.video is None), "--flow-warp needs --video (the flow comes from the source)"),
+        (not (args.init_from_source and args.video is None), "--init-from-source needs --video"),
+        (not (args.save_residuals and args.video is None), "--save-residuals needs --video"),
+        (not ((args.diff_steps or args.mode == "keyframe") and args.video is None and args.residuals is None),
+         "latent differences and --mode keyframe need --video or --residuals (a --save-residuals file)"),
+        (args.residuals is None or os.path.isfile(args.residuals), f"--residuals file not found: {args.residuals}"),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    from techniques import parse_step, parse_step_range
+
+    in_use = {"blend_steps": True, "diff_steps": True, "copy_step": True, "flow_steps": args.flow_warp > 0}
+    for flag, used in in_use.items():
+        value = getattr(args, flag)
+        if used and value is not None:
+            try:
+                (parse_step if flag == "copy_step" else parse_step_range)(value, args.steps)
+            except ValueError as error:
+                raise UserError(f"--{flag.replace('_', '-')} {value}: {error} (with --steps {args.steps})") from None
     for name in ("height", "width"):
         value = getattr(args, name)
         rounded = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
@@ -214,6 +271,91 @@ def generation_config(args):
                             eta=args.eta)
 
 
+def source_latents_for(args, pipe, clip):
+    """E(v) of the source frames (F, 4, h, w) from --residuals or the video, and the bank's keypoints."""
+    import pipeline
+    import techniques
+
+    if args.residuals:
+        try:
+            latents, keypoints, _ = techniques.load_bank(args.residuals)
+        except Exception as error:  # a foreign or damaged file fails inside safetensors in many ways
+            raise UserError(f"--residuals {args.residuals} is not a residual file ({error})") from None
+        expected = (len(clip.pose_maps), pipe.unet.config.in_channels,
+                    args.height // pipe.vae_scale_factor, args.width // pipe.vae_scale_factor)
+        if tuple(latents.shape) != expected:
+            raise UserError(f"--residuals {args.residuals} holds latents {tuple(latents.shape)}; this run needs "
+                            f"{expected} (same frame count, --height and --width as when it was saved)")
+        return latents, None if keypoints is None else keypoints.numpy()
+    return pipeline.encode(pipe, clip.source_frames, args.batch_size).float().cpu(), None
+
+
+def pose_matrices(source_keypoints, target_keypoints, factor):
+    """Per frame 2x3 similarity from the source's pose to the generated pose, in latent pixels."""
+    import torch
+
+    import pose_extract
+
+    matrices = np.stack([pose_extract.similarity_transform(s, t) for s, t in zip(source_keypoints, target_keypoints)])
+    matrices[:, :, 2] /= factor  # the linear part is scale free; the shift is in pixels
+    return torch.from_numpy(matrices)
+
+
+def build_techniques(args, pipe, clip):
+    """The technique objects and keyframe plan the flags ask for, in hook order."""
+    import torch
+
+    import flow
+    import techniques as tq
+
+    source, bank_keypoints = None, None
+    if args.diff_steps or args.init_from_source or args.mode == "keyframe" or args.save_residuals:
+        source, bank_keypoints = source_latents_for(args, pipe, clip)
+    if args.save_residuals:
+        tq.save_bank(args.save_residuals, source, clip.keypoints,
+                     {"video": args.video, "size": [args.width, args.height], "frames": len(source)})
+        log.info("saved source latents and poses to %s", args.save_residuals)
+    matrices = None
+    if args.diff_align == "pose" and bank_keypoints is not None and clip.keypoints is not None:
+        matrices = pose_matrices(bank_keypoints, clip.keypoints, pipe.vae_scale_factor)
+
+    found = []
+    if args.init_from_source:
+        found.append(tq.StartFromLatents(source, args.strength))
+    if args.copy_step is not None:
+        found.append(tq.Copy(tq.parse_step(args.copy_step, args.steps), args.copy_from, args.anchor))
+    if args.diff_steps:
+        found.append(tq.LatentDifferences(tq.parse_step_range(args.diff_steps, args.steps), args.diff_scale, source,
+                                          args.diff_align, args.anchor, matrices))
+    if args.blend_steps:
+        found.append(tq.Blend(tq.parse_step_range(args.blend_steps, args.steps), args.blend_weight, args.blend_ref,
+                              args.anchor))
+    if args.cross_frame_attn != "off":
+        found.append(tq.CrossFrameAttention(args.cross_frame_attn, args.anchor))
+    if args.flow_warp > 0:
+        flows, masks = flow.to_latent_resolution(*flow.backward_flows(clip.source_frames), pipe.vae_scale_factor)
+        found.append(tq.FlowWarp(args.flow_warp, tq.parse_step_range(args.flow_steps, args.steps),
+                                 torch.from_numpy(flows), torch.from_numpy(masks)[:, None]))
+    keyframes = None
+    if args.mode == "keyframe":
+        keyframes = tq.KeyframePlan(args.keyframe_interval, args.residual_strength, source, args.diff_align, matrices)
+    return found, keyframes
+
+
+def technique_record(found, keyframes):
+    """Every technique's settings for run.json (tensors left out)."""
+    import dataclasses
+
+    def fields(obj):
+        return {f.name: (list(v) if isinstance(v := getattr(obj, f.name), range) else v)
+                for f in dataclasses.fields(obj) if not hasattr(getattr(obj, f.name), "shape")}
+
+    record = [{"technique": type(t).__name__, **fields(t)} for t in found]
+    if keyframes is not None:
+        record.append({"technique": "KeyframePlan", **fields(keyframes)})
+    return record
+
+
 def write_frames(run, frames, clip):
     """Write each generated frame as PNG and into video.mp4 and side_by_side.mp4 as it arrives."""
     import video_io
@@ -266,10 +408,12 @@ def run(args):
     run_folder.create("frames", "poses")
     for index, pose_map in enumerate(clip.pose_maps):
         video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
-    # 4. denoise
+    # 4. techniques and denoising
     mark = time.perf_counter()
     try:
-        latents, stats = pipeline.denoise(pipe, clip.pose_maps, generation_config(args), progress=not args.quiet)
+        found, keyframes = build_techniques(args, pipe, clip)
+        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, keyframes,
+                                           progress=not args.quiet)
         timings["denoise_s"] = time.perf_counter() - mark
         # 5. decode and write frames and videos
         mark = time.perf_counter()
@@ -285,6 +429,9 @@ def run(args):
     run_folder.write_json("run.json", {
         "args": vars(args), "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],
         "seeds": {"seed": args.seed, "rule": "frame i uses torch.Generator('cpu').manual_seed(seed + i)"},
+        "techniques": {"preset": args.preset, "noise": args.noise,
+                       "noise_settings": generation_config(args).noise_settings,
+                       "hooks": technique_record(found, keyframes)},
         "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
                    "scheduler": type(pipe.scheduler).__name__,
                    "prediction_type": pipe.scheduler.config.get("prediction_type")},
@@ -300,8 +447,19 @@ def run(args):
     return run_folder.out
 
 
+def parse_args(argv=None):
+    """Parse, with a --preset's settings as defaults that explicit flags override."""
+    from techniques import PRESETS
+
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+    return parser.parse_args(argv)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     _quiet_libraries()
     try:

@@ -86,11 +86,11 @@ def test_hooks_see_every_step_and_their_changes_reach_the_output(tiny_pipe, pose
     class ZeroAfterLastStep(Technique):
         steps = []
 
-        def before_step(self, step, t, latents):
+        def before_step(self, step, t, latents, active):
             self.steps.append(step)
             return latents
 
-        def after_step(self, step, t, latents):
+        def after_step(self, step, t, latents, x0_pred, active):
             return torch.zeros_like(latents) if step == config.steps - 1 else latents
 
     technique = ZeroAfterLastStep()

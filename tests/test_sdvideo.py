@@ -183,3 +183,60 @@ def test_interrupted_run_keeps_finished_frames_and_no_half_video(tmp_path, monke
     assert not out.exists()
     assert sorted(os.listdir(partial / "frames")) == ["00000.png", "00001.png"]
     assert not [n for n in os.listdir(partial) if n.endswith(".mp4")]
+
+
+DEMO_VIDEO = os.path.join(ROOT, "demo", "golf_swing_poses.mp4")
+DEMO_POSES = os.path.join(ROOT, "demo", "golf_swing.json")
+
+
+def test_presets_set_defaults_that_explicit_flags_override():
+    args = sdvideo.parse_args(["--preset", "t2v-zero"])
+    assert args.noise == "fixed" and args.cross_frame_attn == "anchor"
+    args = sdvideo.parse_args(["--preset", "keyframe", "--keyframe-interval", "4", "--noise", "slerp"])
+    assert args.mode == "keyframe" and args.keyframe_interval == 4 and args.noise == "slerp"
+
+
+def test_all_techniques_together_from_the_command_line(tmp_path):
+    out, bank = tmp_path / "run", tmp_path / "bank.safetensors"
+    flags = ["--video", DEMO_VIDEO, "--poses", DEMO_POSES, "--max-frames", "6", "--steps", "4", "--noise", "fixed",
+             "--copy-step", "1", "--diff-steps", "1:3", "--diff-align", "stats", "--blend-steps", "2:3",
+             "--blend-weight", "0.2", "--cross-frame-attn", "anchor+previous", "--flow-warp", "0.5",
+             "--mode", "keyframe", "--keyframe-interval", "3", "--init-from-source", "--strength", "0.8",
+             "--save-residuals", str(bank), "--out", str(out)]
+    assert run_cli(*flags) == 0
+    record = json.loads((out / "run.json").read_text())
+    names = [h["technique"] for h in record["techniques"]["hooks"]]
+    assert names == ["StartFromLatents", "Copy", "LatentDifferences", "Blend", "CrossFrameAttention", "FlowWarp",
+                     "KeyframePlan"]
+    assert frame_count(out / "video.mp4") == 6 and bank.exists()
+    # the saved bank drives a run with no source video
+    again = tmp_path / "again"
+    assert run_cli("--poses", DEMO_POSES, "--max-frames", "6", "--steps", "4", "--residuals", str(bank), "--diff-steps", "1:3",
+                   "--diff-align", "pose", "--mode", "keyframe", "--out", str(again)) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--flow-warp", "0.5"], "--flow-warp needs --video"),
+    (["--init-from-source"], "--init-from-source needs --video"),
+    (["--diff-steps", "0:2"], "need --video or --residuals"),
+    (["--preset", "seed"], "need --video or --residuals"),
+    (["--copy-step", "9"], "--copy-step 9: step 9 is outside"),
+    (["--blend-steps", "3:1"], "--blend-steps 3:1"),
+    (["--anchor", "last"], "--anchor"),
+    (["--blend-weight", "2"], "--blend-weight"),
+])
+def test_bad_technique_flags_fail_with_one_line(tmp_path, capsys, flags, message):
+    assert run_cli(*flags, "--out", str(tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_residuals_of_another_size_are_refused(tmp_path, capsys):
+    import torch
+
+    import techniques
+
+    bank = str(tmp_path / "bank.safetensors")
+    techniques.save_bank(bank, torch.zeros(3, 4, 8, 8))
+    assert run_cli("--max-frames", "4", "--residuals", bank, "--diff-steps", "0:1", "--out", str(tmp_path / "r")) == 2
+    assert "same frame count" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""Latent-space math of the temporal-consistency techniques: pure tensor functions, torch only.
+
+Shapes: a latent is (C, H, W) (C = 4 for SD, H, W = image size / 8); a clip of latents is
+(F, C, H, W). ``alpha_bar`` is the scheduler's cumulative alpha at a timestep (VP form:
+z_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps). The technique objects that call these
+from the denoising loop's hooks live in techniques.py.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def blend(latents, reference, weight):
+    """Naive latent blending; latents (F, C, H, W), reference broadcastable to it.
+
+    z_i <- (1 - w) z_i + w z_ref
+    """
+    return (1 - weight) * latents + weight * reference
+
+
+def predicted_x0(model_output, sample, alpha_bar, prediction_type):
+    """Clean-latent estimate from a VP model output; all (F, C, H, W) but alpha_bar (scalar or (F, 1, 1, 1)).
+
+    epsilon:      x0 = (z_t - sqrt(1 - abar) eps) / sqrt(abar)
+    v_prediction: x0 = sqrt(abar) z_t - sqrt(1 - abar) v
+    sample:       x0 = model output
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=sample.dtype, device=sample.device)
+    if prediction_type == "epsilon":
+        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(f"unknown prediction_type {prediction_type}")
+
+
+def inject_differences(latents, anchor_latent, differences, strength, signal_scale):
+    """Move latents toward the anchor's plus the source's differences; (F, C, H, W) -> (F, C, H, W).
+
+    With noise shared across frames, z_t^i - z_t^a = sqrt(abar_t) (x0^i - x0^a), so the latent of
+    frame i is predicted as z_a + sqrt(abar_t) d_i, d_i = E(v_i) - E(v_a) (aligned source latent
+    difference), sqrt(abar_t) = ``signal_scale``; strength lambda moves toward it:
+    z_i <- z_i + lambda (z_a + sqrt(abar_t) d_i - z_i)   (lambda = 1: the prediction itself).
+    """
+    target = anchor_latent.unsqueeze(0) + signal_scale * differences
+    return latents + strength * (target - latents)
+
+
+def channel_stats(latents):
+    """Per-channel mean and std over space (and frames); (..., C, H, W) -> two (C, 1, 1)."""
+    flat = latents.transpose(0, -3).flatten(1) if latents.dim() == 4 else latents.flatten(1)
+    return flat.mean(1)[:, None, None], flat.std(1)[:, None, None]
+
+
+def match_channel_stats(latents, source_reference, target_reference, eps=1e-6):
+    """Map latents from the source's statistics to the target's, channel by channel; (F, C, H, W).
+
+    x <- (x - mu_src) / sigma_src * sigma_tgt + mu_tgt, the moments taken from the two
+    references (C, H, W). Applied to both ends of a difference, it scales d_i by sigma_tgt / sigma_src.
+    """
+    mean_src, std_src = channel_stats(source_reference)
+    mean_tgt, std_tgt = channel_stats(target_reference)
+    return (latents - mean_src) / (std_src + eps) * std_tgt + mean_tgt
+
+
+def flow_grid(flow):
+    """Sampling grid for grid_sample from a flow in pixels; (F, H, W, 2) (dx, dy) -> (F, H, W, 2) in [-1, 1]."""
+    _, height, width, _ = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype, device=flow.device),
+                            torch.arange(width, dtype=flow.dtype, device=flow.device), indexing="ij")
+    x = (xs + flow[..., 0]) * 2 / max(width - 1, 1) - 1
+    y = (ys + flow[..., 1]) * 2 / max(height - 1, 1) - 1
+    return torch.stack([x, y], dim=-1)
+
+
+def warp(latents, flow):
+    """Backward warp: out(p) = latents(p + flow(p)), bilinear; latents (F, C, H, W), flow (F, H, W, 2)."""
+    grid = flow_grid(flow.to(latents.dtype))
+    return F.grid_sample(latents, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def affine_warp(latents, matrices):
+    """Apply 2x3 pixel-space maps dst = A src + b to latents; (F, C, H, W), matrices (F, 2, 3).
+
+    Each output pixel p samples the input at A^-1 (p - b) (the inverse map), bilinear, zeros outside.
+    """
+    count, _, height, width = latents.shape
+    linear, offset = matrices[:, :, :2].to(latents.dtype), matrices[:, :, 2:].to(latents.dtype)
+    inverse = torch.linalg.inv(linear)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=latents.dtype, device=latents.device),
+                            torch.arange(width, dtype=latents.dtype, device=latents.device), indexing="ij")
+    points = torch.stack([xs.flatten(), ys.flatten()]).expand(count, 2, -1)  # (F, 2, H*W)
+    source = inverse @ (points - offset)
+    flow = (source - points).reshape(count, 2, height, width).permute(0, 2, 3, 1)
+    grid = flow_grid(flow)
+    return F.grid_sample(latents, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def fuse_warped(x0_pred, warped, mask, weight):
+    """Blend a warped clean latent where the flow is reliable; x0 (F, C, H, W), mask (F, 1, H, W) in [0, 1].
+
+    x0 <- x0 + w m (warp(x0_prev) - x0)
+    """
+    return x0_pred + weight * mask * (warped - x0_pred)

@@ -1,0 +1,194 @@
+"""Each technique's invariants on the tiny model, and all of them together."""
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+import pipeline
+import pose_extract
+import techniques as tq
+from conftest import random_keypoints
+from pipeline import GenerationConfig, Technique
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """Five 64x64 pose maps and fake source latents (5, 4, 8, 8)."""
+    keypoints = random_keypoints(np.random.default_rng(3), 64, 64, 5)
+    maps = np.stack([pose_extract.draw_openpose(k, 64, 64) for k in keypoints])
+    return maps, torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+
+
+def config(**kwargs):
+    return GenerationConfig(prompt="a golfer", negative_prompt="", steps=STEPS, guidance=3.0, seed=1,
+                            batch_size=2, **kwargs)
+
+
+def generate(pipe, maps, found=(), keyframes=None, **kwargs):
+    return pipeline.generate(pipe, maps, config(**kwargs), list(found), keyframes, progress=False)
+
+
+class Spy(Technique):
+    """Records the latents each step starts from (after the techniques listed before it)."""
+
+    def __init__(self):
+        self.before = {}
+
+    def before_step(self, step, t, latents, active):
+        self.before[step] = latents.clone()
+        return latents
+
+
+def test_blend_weight_zero_and_injection_strength_zero_are_no_ops(tiny_pipe, clip):
+    maps, source = clip
+    plain, _ = generate(tiny_pipe, maps, noise="fixed")
+    blended, _ = generate(tiny_pipe, maps, [tq.Blend(range(0, STEPS), 0.0)], noise="fixed")
+    injected, _ = generate(tiny_pipe, maps, [tq.LatentDifferences(range(0, STEPS), 0.0, source)], noise="fixed")
+    assert torch.equal(blended, plain) and torch.equal(injected, plain)
+    moved, _ = generate(tiny_pipe, maps, [tq.Blend(range(0, STEPS), 0.5, "previous")], noise="fixed")
+    assert not torch.allclose(moved, plain)
+
+
+def test_copying_makes_latents_equal_at_step_k_and_skips_earlier_work(tiny_pipe, clip):
+    maps, _ = clip
+    spy = Spy()
+    latents, stats = generate(tiny_pipe, maps, [tq.Copy(2, "anchor", "middle"), spy])
+    assert all(torch.equal(frame, spy.before[2][2]) for frame in spy.before[2])
+    # steps 0-1: only the anchor; steps 2-3: all 5 frames; two guidance branches each
+    assert stats.unet_evals == 2 * (2 * 1 + 2 * 5)
+
+    class CopyComputingEverything(tq.Copy):
+        def first_steps(self):
+            return None
+
+    reference, reference_stats = generate(tiny_pipe, maps, [CopyComputingEverything(2, "anchor", "middle")])
+    assert reference_stats.unet_evals == 2 * 4 * 5
+    assert torch.allclose(latents, reference, atol=1e-5)
+
+
+def test_copy_from_previous_hands_each_frame_its_predecessors_latent(tiny_pipe, clip):
+    maps, _ = clip
+    before, after = Spy(), Spy()
+    _, stats = generate(tiny_pipe, maps, [before, tq.Copy(1, "previous"), after])
+    assert torch.equal(after.before[1][1:], before.before[1][:-1]) and torch.equal(after.before[1][0], before.before[1][0])
+    assert stats.unet_evals == 2 * (4 * 4 + 3 * 1)  # the last frame is nobody's predecessor: skips step 0
+
+
+def test_cross_frame_attention_on_one_frame_equals_plain_attention(tiny_pipe, clip):
+    maps, _ = clip
+    plain, _ = generate(tiny_pipe, maps[:1])
+    for mode in ("anchor", "previous", "anchor+previous"):
+        crossed, _ = generate(tiny_pipe, maps[:1], [tq.CrossFrameAttention(mode)])
+        assert torch.allclose(crossed, plain, atol=1e-5), mode
+    many, _ = generate(tiny_pipe, maps)
+    anchored, stats = generate(tiny_pipe, maps, [tq.CrossFrameAttention("anchor")])
+    assert torch.allclose(anchored[0], many[0], atol=1e-5) and not torch.allclose(anchored[1:], many[1:], atol=1e-3)
+    assert stats.unet_evals == 2 * STEPS * (5 + 2)  # chunks {2,3} and {4} each bring the anchor along
+
+
+@pytest.mark.parametrize("backend", [AttnProcessor, AttnProcessor2_0])
+def test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone(tiny_pipe, clip, backend):
+    maps, _ = clip
+    tiny_pipe.unet.set_attn_processor(backend())
+    tiny_pipe.controlnet.set_attn_processor(backend())
+    try:
+        technique = tq.CrossFrameAttention("anchor")
+        technique.attach(tiny_pipe)
+        wrapped = list(tiny_pipe.unet.attn_processors.values()) + list(tiny_pipe.controlnet.attn_processors.values())
+        assert all(isinstance(p, tq.CrossFrameAttnProcessor) and type(p.inner) is backend for p in wrapped)
+        technique.detach(tiny_pipe)
+        assert all(type(p) is backend for p in tiny_pipe.unet.attn_processors.values())
+        latents, _ = generate(tiny_pipe, maps[:3], [tq.CrossFrameAttention("anchor")])
+        assert all(type(p) is backend for p in tiny_pipe.controlnet.attn_processors.values())
+        test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone.results[backend] = latents
+    finally:
+        tiny_pipe.unet.set_attn_processor(AttnProcessor2_0())
+        tiny_pipe.controlnet.set_attn_processor(AttnProcessor2_0())
+    results = test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone.results
+    if len(results) == 2:
+        assert torch.allclose(*results.values(), atol=1e-4)  # same math on both backends
+
+
+test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone.results = {}
+
+
+def test_keyframe_mode_with_interval_one_equals_the_plain_loop(tiny_pipe, clip):
+    maps, source = clip
+    plain, plain_stats = generate(tiny_pipe, maps, noise="progressive", noise_settings={"drift": 0.3})
+    keyed, stats = generate(tiny_pipe, maps, keyframes=tq.KeyframePlan(1, 0.5, source),
+                            noise="progressive", noise_settings={"drift": 0.3})
+    assert torch.equal(keyed, plain) and stats.unet_evals == plain_stats.unet_evals
+
+
+def test_keyframes_are_generated_in_full_and_the_rest_cost_their_strength(tiny_pipe, clip):
+    maps, source = clip
+    plain, _ = generate(tiny_pipe, maps)
+    keyed, stats = generate(tiny_pipe, maps, keyframes=tq.KeyframePlan(3, 0.5, source))
+    assert torch.allclose(keyed[[0, 3, 4]], plain[[0, 3, 4]], atol=1e-5)  # keyframes: 0, 3 and the last
+    assert stats.unet_evals == 2 * (3 * STEPS + 2 * 2)  # frames 1, 2 run the last half of the schedule
+    assert not torch.allclose(keyed[[1, 2]], plain[[1, 2]], atol=1e-3)
+
+
+def test_start_from_latents_noises_to_the_start_step(tiny_pipe, clip):
+    maps, source = clip
+    spy = Spy()
+    _, stats = generate(tiny_pipe, maps, [tq.StartFromLatents(source, 0.5), spy], noise="fixed")
+    tiny_pipe.scheduler.set_timesteps(STEPS)
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    expected = tiny_pipe.scheduler.add_noise(source, noise.expand(5, -1, -1, -1), tiny_pipe.scheduler.timesteps[2].repeat(5))
+    assert sorted(spy.before) == [2, 3]  # steps 0 and 1 are not run at all
+    assert torch.allclose(spy.before[2], expected, atol=1e-6)
+    assert stats.unet_evals == 2 * 2 * 5
+
+
+def test_flow_warp_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_pipe, clip):
+    maps, _ = clip
+    flows, masks = torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8)
+    plain, _ = generate(tiny_pipe, maps)
+    nothing, _ = generate(tiny_pipe, maps, [tq.FlowWarp(0.8, range(STEPS), flows, torch.zeros(4, 1, 8, 8))])
+    assert torch.allclose(nothing, plain, atol=1e-6)  # no reliable pixel: no change
+    warped, _ = generate(tiny_pipe, maps, [tq.FlowWarp(1.0, range(STEPS), flows, masks)])
+
+    def neighbour_gap(latents):
+        return float((latents[1:] - latents[:-1]).abs().mean())
+
+    assert neighbour_gap(warped) < 0.5 * neighbour_gap(plain)
+
+
+def test_pose_alignment_warps_differences_by_the_similarity():
+    differences = torch.zeros(1, 4, 8, 8)
+    differences[..., 2, 2] = 1.0
+    shift = torch.tensor([[[1.0, 0, 3.0], [0, 1.0, 1.0]]])
+    aligned = tq.align_differences(differences, "pose", matrices=shift)
+    assert torch.allclose(aligned[..., 3, 5], torch.ones(4), atol=1e-6)
+    scaled = tq.align_differences(torch.ones(1, 4, 8, 8), "stats", torch.ones(4, 8, 8) + torch.randn(4, 8, 8),
+                                  2 * torch.randn(4, 8, 8))
+    assert scaled.shape == (1, 4, 8, 8)
+
+
+def test_every_technique_together(tiny_pipe, clip):
+    maps, source = clip
+    found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
+             tq.Blend(range(2, 3), 0.2, "previous"), tq.CrossFrameAttention("anchor+previous"),
+             tq.FlowWarp(0.5, range(0, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
+    latents, stats = generate(tiny_pipe, maps, found, keyframes=tq.KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
+    assert latents.shape == (5, 4, 8, 8) and torch.isfinite(latents).all() and stats.unet_evals > 0
+    assert all(type(p) is not tq.CrossFrameAttnProcessor for p in tiny_pipe.unet.attn_processors.values())
+
+
+def test_step_specs_accept_integers_and_fractions():
+    assert tq.parse_step("3", 20) == 3 and tq.parse_step("0.3", 20) == 6
+    assert tq.parse_step_range("0:0.5", 20) == range(0, 10) and tq.parse_step_range("5:", 20) == range(5, 20)
+    for bad in ("7:3", "0:30", "25"):
+        with pytest.raises(ValueError):
+            (tq.parse_step if ":" not in bad else tq.parse_step_range)(bad, 20)
+
+
+def test_residual_bank_round_trip(tmp_path):
+    latents, keypoints = torch.randn(3, 4, 8, 8), np.ones((3, 18, 3), np.float32)
+    tq.save_bank(str(tmp_path / "bank.safetensors"), latents, keypoints, {"video": "swing.mp4"})
+    loaded, loaded_keypoints, metadata = tq.load_bank(str(tmp_path / "bank.safetensors"))
+    assert torch.equal(loaded, latents) and np.array_equal(loaded_keypoints.numpy(), keypoints)
+    assert metadata == {"video": "swing.mp4"}
