@@ -62,6 +62,11 @@ class ModelSpec:
     device: str = "auto"
     local_files_only: bool = False
     prediction_type: str | None = None  # tiny model only: "epsilon" or "v_prediction"
+    attention: str = "sdpa"  # "sdpa", "classic" or "xformers"
+    channels_last: bool = False
+    compile: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
 
 
 def pick_device(name):
@@ -100,7 +105,36 @@ def load_pipeline(spec):
                                 requires_safety_checker=False)
     pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device=device, dtype=dtype)
+    apply_speed_options(pipe, spec)
+    return pipe
+
+
+def apply_speed_options(pipe, spec):
+    """Attention backend, memory layout, torch.compile and VAE slicing/tiling, in place."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if spec.attention == "xformers":
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except (ImportError, ModuleNotFoundError, ValueError, NotImplementedError) as error:
+            raise UserError(f"--attention xformers: {str(error).splitlines()[0]}; install xformers "
+                            "for your torch and CUDA, or use --attention sdpa") from None
+    else:
+        processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
+        pipe.unet.set_attn_processor(processor())
+        pipe.controlnet.set_attn_processor(processor())
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.controlnet.to(memory_format=torch.channels_last)
+    if spec.vae_slicing:
+        pipe.vae.enable_slicing()
+    if spec.vae_tiling:
+        pipe.vae.enable_tiling()
+    if spec.compile:
+        # compiled once per input shape; the loop's chunks keep shapes few (full chunks and one remainder)
+        pipe.unet = torch.compile(pipe.unet)
+        pipe.controlnet = torch.compile(pipe.controlnet)
 
 
 def _looks_like_path(name):

@@ -6,6 +6,7 @@ frames at each step (frames-inner), so a technique sees every frame's latent at 
 plugs in through the hooks of ``Technique`` without touching the loop. Per frame and step it
 computes exactly what diffusers' StableDiffusionControlNetPipeline computes for that frame alone.
 """
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,9 @@ from tqdm.auto import tqdm
 
 import latent_ops
 from noise import NOISE
+
+log = logging.getLogger(__name__)
+AUTO_BATCH_CPU = 8  # --batch-size auto on a CPU, where running out of memory cannot be caught
 
 
 @dataclass
@@ -30,7 +34,7 @@ class GenerationConfig:
     seed: int = 0
     noise: str = "independent"
     noise_settings: dict = field(default_factory=dict)
-    batch_size: int = 4
+    batch_size: int = 4  # 0: auto (start with every frame on a GPU, halve on out-of-memory)
     eta: float = 0.0
 
 
@@ -200,6 +204,8 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
         latents = technique.initial_latents(latents)
 
     # 4. denoise: the started frames at every step, in chunks of batch_size frames
+    auto_batch = config.batch_size == 0
+    batch_size = config.batch_size or (num_frames if device.type == "cuda" else AUTO_BATCH_CPU)
     for i, t in enumerate(tqdm(timesteps, desc="denoising", unit="step", disable=not progress)):
         active = [j for j in range(num_frames) if starts[j] <= i]
         if not active:
@@ -208,15 +214,25 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
         mask = torch.zeros(num_frames, dtype=torch.bool, device=device).index_fill(0, index, True)
         for technique in techniques:
             latents = technique.before_step(i, t, latents, mask)
-        noise_pred = []
-        for first in range(0, len(active), config.batch_size):
-            chunk = active[first:first + config.batch_size]
+        noise_pred, first = [], 0
+        while first < len(active):
+            chunk = active[first:first + batch_size]
             batch, attention_kwargs = chunk, None
             for technique in techniques:
                 batch, attention_kwargs = technique.plan_batch(chunk, set(active)) or (batch, attention_kwargs)
-            chunk_pred = predict_noise(pipe, latents[batch], pose_maps_to_control(pose_maps[batch], device, dtype),
-                                       t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs)
+            try:
+                chunk_pred = predict_noise(pipe, latents[batch], pose_maps_to_control(pose_maps[batch], device, dtype),
+                                           t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs)
+            except torch.OutOfMemoryError:
+                if not auto_batch or len(chunk) == 1:
+                    raise
+                batch_size = (len(chunk) + 1) // 2  # retry this chunk halved; later chunks keep the size that fits
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.info("out of memory: --batch-size auto now %d frames", batch_size)
+                continue
             noise_pred.append(chunk_pred[len(batch) - len(chunk):])  # the chunk's frames come last
+            first += len(chunk)
         noise_pred = torch.cat(noise_pred)
         step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in active], config.eta)
         output = pipe.scheduler.step(noise_pred, t, latents[index], **step_kwargs)

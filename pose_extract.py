@@ -6,15 +6,20 @@ or a list of OpenPose ``--write_json`` frames, BODY_25 or COCO-18) or a folder o
 per-frame ``*_keypoints.json`` files; ``write_poses`` writes ours; ``draw_openpose`` renders one
 frame the way ControlNet's OpenPose annotator does.
 """
+import argparse
 import json
+import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from errors import UserError
+
+log = logging.getLogger("pose_extract")
 
 NUM_JOINTS = 18
 # COCO-18 order: nose, neck, r-shoulder, r-elbow, r-wrist, l-shoulder, l-elbow, l-wrist, r-hip,
@@ -43,6 +48,8 @@ LIMB_DIM = 0.6  # the annotator multiplies the limb canvas by 0.6 before drawing
 # (BODY_25 adds mid-hip at 8 and six foot points at 19-24).
 BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 FORMAT_NAME = "sdvideo-openpose-sequence"
+# The annotator's hand skeleton: the wrist (0) to each finger's first joint, then along the finger.
+HAND_EDGES = tuple((0 if j % 4 == 0 else j, j + 1) for j in range(20))
 
 
 @dataclass
@@ -52,6 +59,9 @@ class PoseSequence:
     keypoints: np.ndarray
     canvas_size: tuple | None = None  # (width, height) in pixels, None where the file gives none
     fps: float | None = None
+    hands: np.ndarray | None = None  # (F, 2, 21, 3): left, right; zeros where not detected
+    face: np.ndarray | None = None  # (F, K, 3): K = 68 or 70 face points
+    kept: list | None = None  # source frame indices the frames are (after --on-missing skip)
 
 
 def draw_openpose(keypoints, height, width):
@@ -79,6 +89,35 @@ def draw_openpose(keypoints, height, width):
     for joint, color in zip(keypoints, COLORS):
         if joint[2] > 0:
             cv2.circle(canvas, (int(joint[0]), int(joint[1])), radius, color, thickness=-1)
+    return canvas
+
+
+def draw_hands_and_face(canvas, hands=None, face=None):
+    """Add hands (2, 21, 3) and face (K, 3) to a pose map in place, as the annotator draws them:
+    hand edges in rainbow colours (width 2) with blue joints, face points as white dots."""
+    scale = min(canvas.shape[:2]) / ANNOTATOR_SIZE
+    for hand in ([] if hands is None else hands):
+        for index, (a, b) in enumerate(HAND_EDGES):
+            if hand[a, 2] > 0 and hand[b, 2] > 0:
+                hue = np.uint8([[[int(180 * index / len(HAND_EDGES)), 255, 255]]])
+                color = tuple(int(c) for c in cv2.cvtColor(hue, cv2.COLOR_HSV2RGB)[0, 0])
+                cv2.line(canvas, tuple(int(v) for v in hand[a, :2]), tuple(int(v) for v in hand[b, :2]), color,
+                         max(1, round(2 * scale)))
+        for point in hand:
+            if point[2] > 0:
+                cv2.circle(canvas, (int(point[0]), int(point[1])), max(1, round(4 * scale)), (0, 0, 255), -1)
+    for point in ([] if face is None else face):
+        if point[2] > 0:
+            cv2.circle(canvas, (int(point[0]), int(point[1])), max(1, round(3 * scale)), (255, 255, 255), -1)
+    return canvas
+
+
+def draw_pose_frame(sequence, index, height, width, hands_and_face=False):
+    """Frame ``index`` of a sequence as a pose map: the body, and hands and face when asked and present."""
+    canvas = draw_openpose(sequence.keypoints[index], height, width)
+    if hands_and_face:
+        draw_hands_and_face(canvas, None if sequence.hands is None else sequence.hands[index],
+                            None if sequence.face is None else sequence.face[index])
     return canvas
 
 
@@ -111,29 +150,50 @@ def _person_keypoints(person, where):
     return joints.astype(np.float32)
 
 
+def _points(person, key, count):
+    """(count, 3) from an OpenPose person's flat list under key, or None."""
+    values = person.get(key) if isinstance(person, dict) else None
+    if not values or len(values) % 3:
+        return None
+    points = np.asarray(values, dtype=np.float32).reshape(-1, 3)[:count]
+    return points if np.isfinite(points).all() else None
+
+
 def _main_person(people, where):
-    """The person to keep in one frame: the one with the largest keypoint box (18, 3), or zeros."""
+    """The index of the person to keep in one frame (largest keypoint box) and its body (18, 3)."""
     candidates = [_person_keypoints(p, where) for p in people]
     if not candidates:
-        return np.zeros((NUM_JOINTS, 3), dtype=np.float32)
+        return None, np.zeros((NUM_JOINTS, 3), dtype=np.float32)
 
     def box_area(joints):
         seen = joints[joints[:, 2] > 0]
         return 0.0 if len(seen) == 0 else float(np.ptp(seen[:, 0]) * np.ptp(seen[:, 1]))
 
-    return max(candidates, key=box_area)
+    index = max(range(len(candidates)), key=lambda i: box_area(candidates[i]))
+    return index, candidates[index]
 
 
-def _frames_to_keypoints(frames, source):
-    """(F, 18, 3) from a list of OpenPose frame dicts."""
-    keypoints = []
+def _frames_to_sequence(frames, source, canvas=None, fps=None):
+    """PoseSequence from a list of OpenPose frame dicts (hands and face kept where present)."""
+    keypoints, hands, faces = [], [], []
     for index, frame in enumerate(frames):
         where = f"{source}, frame {index}"
         people = frame.get("people") if isinstance(frame, dict) else None
         if not isinstance(people, list):
             raise UserError(f"{where}: expected an OpenPose frame with a 'people' list")
-        keypoints.append(_main_person(people, where))
-    return np.stack(keypoints)
+        chosen, body = _main_person(people, where)
+        keypoints.append(body)
+        person = people[chosen] if chosen is not None else {}
+        pair = [_points(person, f"hand_{side}_keypoints_2d", 21) for side in ("left", "right")]
+        hands.append(np.stack([p if p is not None and len(p) == 21 else np.zeros((21, 3), np.float32) for p in pair]))
+        faces.append(_points(person, "face_keypoints_2d", 70))
+    has_hands = any(h.any() for h in hands)
+    face_sizes = {len(f) for f in faces if f is not None}
+    face = None
+    if len(face_sizes) == 1:
+        size = face_sizes.pop()
+        face = np.stack([f if f is not None else np.zeros((size, 3), np.float32) for f in faces])
+    return PoseSequence(np.stack(keypoints), canvas, fps, np.stack(hands) if has_hands else None, face)
 
 
 def _load_json(path):
@@ -153,7 +213,7 @@ def read_poses(path):
         if not names:
             raise UserError(f"pose folder {path} holds no .json files; expected OpenPose --write_json output")
         frames = [_load_json(os.path.join(path, n)) for n in names]
-        return PoseSequence(_frames_to_keypoints(frames, path))
+        return _frames_to_sequence(frames, path)
     if not os.path.exists(path):
         raise UserError(f"pose file not found: {path}")
     data = _load_json(path)
@@ -169,17 +229,29 @@ def read_poses(path):
         raise UserError(f"pose file {path}: expected a list of OpenPose frames or an object with 'frames'")
     if not frames:
         raise UserError(f"pose file {path} holds no frames")
-    return PoseSequence(_frames_to_keypoints(frames, path), canvas, fps)
+    sequence = _frames_to_sequence(frames, path, canvas, fps)
+    if isinstance(data, dict) and isinstance(data.get("kept_frames"), list):
+        sequence.kept = [int(k) for k in data["kept_frames"]]
+    return sequence
 
 
 def write_poses(path, sequence):
     """Write a PoseSequence as our JSON: OpenPose frames plus canvas size and fps."""
-    frames = [
-        {"version": 1.3, "people": [] if not (joints[:, 2] > 0).any()
-         else [{"person_id": [-1], "pose_keypoints_2d": [round(float(v), 3) for v in joints.flatten()]}]}
-        for joints in sequence.keypoints
-    ]
+
+    def flat(points):
+        return [round(float(v), 3) for v in points.flatten()]
+
+    frames = []
+    for i, joints in enumerate(sequence.keypoints):
+        person = {"person_id": [-1], "pose_keypoints_2d": flat(joints)}
+        if sequence.hands is not None:
+            person["hand_left_keypoints_2d"], person["hand_right_keypoints_2d"] = map(flat, sequence.hands[i])
+        if sequence.face is not None:
+            person["face_keypoints_2d"] = flat(sequence.face[i])
+        frames.append({"version": 1.3, "people": [person] if (joints[:, 2] > 0).any() else []})
     data = {"format": FORMAT_NAME, "version": 1, "fps": sequence.fps, "frames": frames}
+    if sequence.kept is not None:
+        data["kept_frames"] = [int(k) for k in sequence.kept]
     if sequence.canvas_size is not None:
         data["canvas_width"], data["canvas_height"] = sequence.canvas_size
     tmp = f"{path}.tmp"
@@ -200,3 +272,386 @@ def similarity_transform(source, target, min_joints=2):
     matrix, _ = cv2.estimateAffinePartial2D(source[shared, :2].astype(np.float32),
                                             target[shared, :2].astype(np.float32), method=cv2.LMEDS)
     return np.float32([[1, 0, 0], [0, 1, 0]]) if matrix is None else matrix.astype(np.float32)
+
+
+# ---- detectors: pixels -> people ---------------------------------------------------------------
+# A detector maps an (H, W, 3) uint8 RGB frame to a list of people, each a dict with "body"
+# (18, 3) in pixels and, where the backend gives them, "hands" (2, 21, 3) and "face" (N, 3).
+
+# COCO-18 joint <- MediaPipe Pose landmark (the neck, 1, is the shoulders' midpoint).
+MEDIAPIPE_TO_COCO18 = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26, 10: 28,
+                       11: 23, 12: 25, 13: 27, 14: 5, 15: 2, 16: 8, 17: 7}
+MEDIAPIPE_SHOULDERS = (11, 12)
+DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
+OPTIONAL_INSTALL = "pip install -r requirements-optional.txt"
+
+
+def mediapipe_to_coco18(landmarks, width, height):
+    """MediaPipe's 33 landmarks (33, 4: x, y normalised, z, visibility) -> COCO-18 (18, 3) in pixels."""
+    keypoints = np.zeros((NUM_JOINTS, 3), dtype=np.float32)
+    for joint, landmark in MEDIAPIPE_TO_COCO18.items():
+        keypoints[joint] = (landmarks[landmark, 0] * width, landmarks[landmark, 1] * height, landmarks[landmark, 3])
+    left, right = landmarks[list(MEDIAPIPE_SHOULDERS)]
+    keypoints[1] = ((left[0] + right[0]) / 2 * width, (left[1] + right[1]) / 2 * height, min(left[3], right[3]))
+    return keypoints
+
+
+def _missing_backend(backend, package, error):
+    return UserError(f"--pose-backend {backend} needs {package}, which cannot be imported here ({error}); "
+                     f"install it with `{OPTIONAL_INSTALL}` (controlnet_aux also needs torchvision), "
+                     "or use another --pose-backend, or pass --poses FILE from any OpenPose-format tool")
+
+
+def _openpose_detector(annotator_path, device):
+    """controlnet_aux's OpenposeDetector: the annotator ControlNet-OpenPose was trained with."""
+    try:
+        from controlnet_aux import OpenposeDetector
+    except Exception as error:  # ImportError, or torchvision failing inside its import
+        raise _missing_backend("openpose", "controlnet_aux", error) from None
+    try:
+        model = OpenposeDetector.from_pretrained(annotator_path or "lllyasviel/Annotators").to(device)
+    except OSError as error:
+        raise UserError(f"OpenPose annotator weights not found ({str(error).splitlines()[0]}); run "
+                        "`hf download lllyasviel/Annotators` or pass --annotator-path DIR") from None
+
+    def detect(frame):
+        height, width = frame.shape[:2]
+        people = []
+        for result in model.detect_poses(frame, include_hand=True, include_face=True):
+            body = np.array([(k.x * width, k.y * height, 1.0) if k is not None else (0, 0, 0)
+                             for k in result.body.keypoints], dtype=np.float32)
+            person = {"body": body}
+            hands = [_normalised_points(h, width, height, 21) for h in (result.left_hand, result.right_hand)]
+            person["hands"] = np.stack(hands)
+            if result.face is not None:
+                person["face"] = _normalised_points(result.face, width, height, len(result.face))
+            people.append(person)
+        return people
+
+    return detect
+
+
+def _normalised_points(points, width, height, count):
+    """controlnet_aux keypoints (x, y in [0, 1], -1 missing) -> (count, 3) pixels + confidence."""
+    out = np.zeros((count, 3), dtype=np.float32)
+    for i, point in enumerate(points or []):
+        if point is not None and point.x >= 0 and point.y >= 0:
+            out[i] = (point.x * width, point.y * height, 1.0)
+    return out
+
+
+def _dwpose_detector(annotator_path, device):
+    """DWPose through rtmlib (ONNX Runtime; no mmcv/mmpose), in OpenPose order."""
+    try:
+        from rtmlib import Wholebody
+    except Exception as error:
+        raise _missing_backend("dwpose", "rtmlib and onnxruntime", error) from None
+    files = [os.path.join(annotator_path, name) for name in DWPOSE_FILES] if annotator_path else [None, None]
+    if annotator_path and not all(os.path.isfile(f) for f in files):
+        raise UserError(f"--annotator-path {annotator_path} must hold {' and '.join(DWPOSE_FILES)} for DWPose")
+    try:
+        model = Wholebody(det=files[0], pose=files[1], to_openpose=True, mode="performance",
+                          backend="onnxruntime", device=device)
+    except Exception as error:  # rtmlib downloads missing weights; offline that fails in several ways
+        raise UserError(f"DWPose weights unavailable ({error}); put {' and '.join(DWPOSE_FILES)} in a folder "
+                        "and pass --annotator-path DIR") from None
+
+    def detect(frame):
+        keypoints, scores = model(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        people = []
+        for points, confidence in zip(np.asarray(keypoints), np.asarray(scores)):
+            joints = np.concatenate([points, confidence[:, None]], axis=1).astype(np.float32)
+            # OpenPose order after the body: 6 foot points, 68 face, 21 left hand, 21 right hand
+            people.append({"body": joints[:18], "face": joints[24:92], "hands": np.stack([joints[92:113], joints[113:134]])})
+        return people
+
+    return detect
+
+
+def _mediapipe_detector(annotator_path, device):
+    """MediaPipe's legacy pose solution (its model ships inside the 0.10.21 wheel): one person, CPU."""
+    try:
+        from mediapipe.python.solutions import pose as mp_pose
+    except Exception as error:
+        raise _missing_backend("mediapipe", "mediapipe==0.10.21 (the last release that ships the pose model)",
+                               error) from None
+    model = mp_pose.Pose(static_image_mode=False, model_complexity=1)
+
+    def detect(frame):
+        result = model.process(np.ascontiguousarray(frame))
+        if result.pose_landmarks is None:
+            return []
+        landmarks = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
+        return [{"body": mediapipe_to_coco18(landmarks, frame.shape[1], frame.shape[0])}]
+
+    return detect
+
+
+DETECTORS = {"openpose": _openpose_detector, "dwpose": _dwpose_detector, "mediapipe": _mediapipe_detector}
+
+
+def make_detector(backend, annotator_path=None, device="cpu"):
+    """A frame -> people function for --pose-backend openpose|dwpose|mediapipe."""
+    return DETECTORS[backend](annotator_path, device)
+
+
+# ---- one person over time ---------------------------------------------------------------------
+
+def keypoint_box(joints):
+    """(x0, y0, x1, y1) of the present joints of (18, 3), or None."""
+    seen = joints[joints[:, 2] > 0]
+    if len(seen) == 0:
+        return None
+    return float(seen[:, 0].min()), float(seen[:, 1].min()), float(seen[:, 0].max()), float(seen[:, 1].max())
+
+
+def _main_subject(people, width, height):
+    """The largest, most central person of a frame: area times closeness to the centre."""
+    diagonal = math.hypot(width, height)
+
+    def score(person):
+        box = keypoint_box(person["body"])
+        if box is None:
+            return -1.0
+        area = max(box[2] - box[0], 1.0) * max(box[3] - box[1], 1.0)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        return area * (1.0 - math.hypot(centre[0] - width / 2, centre[1] - height / 2) / diagonal)
+
+    return max(people, key=score)
+
+
+def _distance(a, b):
+    """Mean distance between the joints present in both (18, 3) poses; inf if none are shared."""
+    shared = (a[:, 2] > 0) & (b[:, 2] > 0)
+    return float(np.linalg.norm(a[shared, :2] - b[shared, :2], axis=1).mean()) if shared.any() else math.inf
+
+
+def track_person(people_per_frame, width, height, max_jump=0.5):
+    """Follow one person: the main subject of the first frame with anyone, then whoever is nearest
+    to where that person should be (last pose moved by its last velocity). A candidate further
+    than ``max_jump`` times the person's box diagonal is a bystander: the frame counts as empty.
+    -> ((F, 18, 3) keypoints, zeros where the person is not found; the chosen person dict or None per frame)."""
+    tracked = np.zeros((len(people_per_frame), NUM_JOINTS, 3), dtype=np.float32)
+    chosen_people = [None] * len(people_per_frame)
+    last, velocity = None, np.zeros((NUM_JOINTS, 2), dtype=np.float32)
+    for index, people in enumerate(people_per_frame):
+        bodies = [p for p in people if keypoint_box(p["body"]) is not None]
+        if not bodies:
+            continue
+        if last is None:
+            person = _main_subject(bodies, width, height)
+        else:
+            predicted = last.copy()
+            predicted[:, :2] += velocity
+            box = keypoint_box(last)
+            reach = max_jump * math.hypot(box[2] - box[0], box[3] - box[1]) + 1.0
+            distances = [_distance(p["body"], predicted) for p in bodies]
+            if min(distances) > reach:
+                continue
+            person = bodies[int(np.argmin(distances))]
+            shared = (person["body"][:, 2] > 0) & (last[:, 2] > 0)
+            velocity = np.where(shared[:, None], person["body"][:, :2] - last[:, :2], 0.0).astype(np.float32)
+        tracked[index], last, chosen_people[index] = person["body"], person["body"], person
+    return tracked, chosen_people
+
+
+def fill_gaps(keypoints, max_gap):
+    """Interpolate each joint linearly over runs of at most ``max_gap`` missing frames; (F, 18, 3)."""
+    filled = keypoints.copy()
+    for joint in range(keypoints.shape[1]):
+        present = np.flatnonzero(keypoints[:, joint, 2] > 0)
+        for before, after in zip(present, present[1:]):
+            gap = after - before - 1
+            if 0 < gap <= max_gap:
+                for frame in range(before + 1, after):
+                    u = (frame - before) / (after - before)
+                    filled[frame, joint, :2] = (1 - u) * keypoints[before, joint, :2] + u * keypoints[after, joint, :2]
+                    filled[frame, joint, 2] = min(keypoints[before, joint, 2], keypoints[after, joint, 2])
+    return filled
+
+
+def one_euro(values, fps, min_cutoff=1.0, beta=0.2, derivative_cutoff=1.0):
+    """One-Euro filter (Casiez et al., CHI 2012) over a 1-D signal (F,): smooths jitter when
+    still, follows fast motion (the cutoff grows with speed: f_c = min_cutoff + beta |dx/dt|)."""
+
+    def alpha(cutoff):
+        tau = 1.0 / (2 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau * fps)
+
+    out = np.array(values, dtype=np.float64)
+    derivative = 0.0
+    for i in range(1, len(out)):
+        raw_derivative = (values[i] - out[i - 1]) * fps
+        derivative += alpha(derivative_cutoff) * (raw_derivative - derivative)
+        out[i] = out[i - 1] + alpha(min_cutoff + beta * abs(derivative)) * (values[i] - out[i - 1])
+    return out
+
+
+def smooth(keypoints, fps, min_cutoff=1.0, beta=0.2):
+    """One-Euro smoothing of every joint's x and y over each run of frames where it is present."""
+    smoothed = keypoints.copy()
+    for joint in range(keypoints.shape[1]):
+        present = keypoints[:, joint, 2] > 0
+        edges = np.flatnonzero(np.diff(np.r_[0, present.astype(int), 0]))
+        for start, stop in zip(edges[::2], edges[1::2]):
+            for axis in (0, 1):
+                smoothed[start:stop, joint, axis] = one_euro(keypoints[start:stop, joint, axis], fps, min_cutoff, beta)
+    return smoothed
+
+
+def frames_without_person(keypoints):
+    """Indices of frames where no joint is present."""
+    return [i for i, joints in enumerate(keypoints) if not (joints[:, 2] > 0).any()]
+
+
+def fill_empty_frames(keypoints):
+    """Frames with nobody take the pose interpolated between the nearest frames with someone."""
+    empty = set(frames_without_person(keypoints))
+    found = [i for i in range(len(keypoints)) if i not in empty]
+    filled = keypoints.copy()
+    for frame in sorted(empty):
+        before = max((i for i in found if i < frame), default=None)
+        after = min((i for i in found if i > frame), default=None)
+        if before is None or after is None:
+            filled[frame] = keypoints[after if before is None else before]
+        else:
+            u = (frame - before) / (after - before)
+            both = (keypoints[before, :, 2] > 0) & (keypoints[after, :, 2] > 0)
+            filled[frame, :, :2] = (1 - u) * keypoints[before, :, :2] + u * keypoints[after, :, :2]
+            filled[frame, :, 2] = np.where(both, np.minimum(keypoints[before, :, 2], keypoints[after, :, 2]), 0)
+    return filled
+
+
+@dataclass
+class CleanUp:
+    """Temporal clean-up settings: confidence floor, gap filling, smoothing, empty frames."""
+
+    min_conf: float = 0.3
+    fill: int = 4  # frames
+    smooth: str = "one-euro"  # or "none"
+    smooth_cutoff: float = 1.0  # Hz, One-Euro's minimum cutoff
+    smooth_beta: float = 0.2  # One-Euro's speed coefficient: larger follows fast motion more closely
+    on_missing: str = "fill"  # "fill", "fail" or "skip"
+
+
+def clean_up(keypoints, fps, settings):
+    """Apply CleanUp to tracked keypoints (F, 18, 3) -> (keypoints, kept frame indices)."""
+    keypoints = keypoints.copy()
+    keypoints[keypoints[..., 2] < settings.min_conf] = 0
+    empty = frames_without_person(keypoints)
+    if len(empty) == len(keypoints):
+        raise UserError("no person was found in any frame; check the video, lower --pose-min-conf, "
+                        "or try another --pose-backend")
+    if empty:
+        shown = ", ".join(map(str, empty[:12])) + ("..." if len(empty) > 12 else "")
+        if settings.on_missing == "fail":
+            raise UserError(f"no person in {len(empty)} of {len(keypoints)} frames ({shown}); "
+                            "use --on-missing fill or skip")
+        log.warning("no person in %d of %d frames (%s): %s", len(empty), len(keypoints), shown,
+                    "dropped" if settings.on_missing == "skip" else "filled from neighbours")
+    kept = [i for i in range(len(keypoints)) if settings.on_missing != "skip" or i not in empty]
+    keypoints = keypoints[kept]
+    keypoints = fill_gaps(keypoints, settings.fill)
+    if settings.on_missing == "fill":
+        keypoints = fill_empty_frames(keypoints)
+    if settings.smooth == "one-euro":
+        keypoints = smooth(keypoints, fps, settings.smooth_cutoff, settings.smooth_beta)
+    return keypoints, kept
+
+
+def extract_sequence(frames, detector, fps, settings, progress=True):
+    """Detect, track and clean up poses on frames (F, H, W, 3) -> (PoseSequence, kept frame indices).
+
+    Coordinates are pixels of the frames given; hands and face are the tracked person's, where
+    the backend gives them (not smoothed)."""
+    from tqdm.auto import tqdm
+
+    height, width = frames[0].shape[:2]
+    people = [detector(frame) for frame in tqdm(frames, desc="poses", unit="frame", disable=not progress)]
+    tracked, chosen = track_person(people, width, height)
+    keypoints, kept = clean_up(tracked, fps, settings)
+    hands = face = None
+    if any(p is not None and "hands" in p for p in chosen):
+        hands = np.stack([chosen[i]["hands"] if chosen[i] is not None and "hands" in chosen[i]
+                          else np.zeros((2, 21, 3), np.float32) for i in kept])
+    faces = [chosen[i].get("face") if chosen[i] is not None else None for i in kept]
+    sizes = {len(f) for f in faces if f is not None}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        face = np.stack([f if f is not None else np.zeros((size, 3), np.float32) for f in faces])
+    return PoseSequence(keypoints, (width, height), fps, hands, face, kept), kept
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def add_extraction_arguments(parser):
+    """The extraction flags, shared with sdvideo.py."""
+    group = parser.add_argument_group("pose extraction")
+    group.add_argument("--pose-backend", choices=sorted(DETECTORS), default="openpose",
+                       help="detector: controlnet_aux OpenPose (what ControlNet was trained on), DWPose via "
+                            "rtmlib, or MediaPipe (CPU, offline); all optional installs")
+    group.add_argument("--annotator-path", default=None, help="folder with the detector's weights (else the HF cache)")
+    group.add_argument("--pose-min-conf", type=float, default=0.3, help="joints below this confidence are missing")
+    group.add_argument("--pose-fill", type=int, default=4, help="fill a joint missing for at most N frames")
+    group.add_argument("--pose-smooth", choices=("one-euro", "none"), default="one-euro",
+                       help="jitter filter that keeps fast motion")
+    group.add_argument("--pose-smooth-cutoff", type=float, default=1.0, help="One-Euro minimum cutoff (Hz)")
+    group.add_argument("--pose-smooth-beta", type=float, default=0.2,
+                       help="One-Euro speed coefficient (larger: less lag on fast motion, more jitter)")
+    group.add_argument("--on-missing", choices=("fill", "fail", "skip"), default="fill",
+                       help="frames with no person: fill from neighbours, stop, or drop them")
+    group.add_argument("--draw-hands-face", action="store_true", help="also draw hands and face where detected")
+    return group
+
+
+def cleanup_settings(args):
+    if not 0 <= args.pose_min_conf <= 1:
+        raise UserError("--pose-min-conf must be in [0, 1]")
+    if args.pose_fill < 0 or args.pose_smooth_cutoff <= 0 or args.pose_smooth_beta < 0:
+        raise UserError("--pose-fill and --pose-smooth-beta must be >= 0, --pose-smooth-cutoff > 0")
+    return CleanUp(args.pose_min_conf, args.pose_fill, args.pose_smooth, args.pose_smooth_cutoff,
+                   args.pose_smooth_beta, args.on_missing)
+
+
+def main(argv=None):
+    """python pose_extract.py --video swing.mp4 --out poses.json [--render DIR] [--preview preview.mp4]"""
+    import video_io
+
+    parser = argparse.ArgumentParser(description="OpenPose keypoints from a video, tracked and cleaned up.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--video", required=True, help="source video")
+    parser.add_argument("--out", required=True, help="OpenPose JSON sequence to write")
+    parser.add_argument("--render", default=None, help="also write the pose maps as PNGs to this folder")
+    parser.add_argument("--preview", default=None, help="also write the skeleton over the video to this MP4")
+    parser.add_argument("--device", default="cpu", help="where the detector runs (cpu, cuda)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_extraction_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for path in (args.out, args.render, args.preview):
+            if path and os.path.exists(path) and not args.overwrite:
+                raise UserError(f"{path} exists; pass --overwrite to replace it")
+        settings = cleanup_settings(args)
+        width, height, fps, _ = video_io.probe_video(args.video)
+        frames = video_io.read_video(args.video, list(range(video_io.count_frames(args.video))), width, height, "crop")
+        detector = make_detector(args.pose_backend, args.annotator_path, args.device)
+        sequence, kept = extract_sequence(frames, detector, fps, settings)
+    except UserError as error:
+        print(f"pose_extract: error: {error}", file=sys.stderr)
+        return 2
+    write_poses(args.out, sequence)
+    maps = [draw_pose_frame(sequence, i, height, width, args.draw_hands_face) for i in range(len(sequence.keypoints))]
+    if args.render:
+        os.makedirs(args.render, exist_ok=True)
+        for i, pose_map in enumerate(maps):
+            video_io.write_png(os.path.join(args.render, f"{i:05d}.png"), pose_map)
+    if args.preview:
+        overlay = (np.maximum(frames[k] // 2, pose_map) for k, pose_map in zip(kept, maps))
+        video_io.write_video(args.preview, overlay, fps)
+    log.info("wrote %d frames of poses to %s", len(sequence.keypoints), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,8 @@ This module only parses arguments and wires the parts: pose_extract (poses -> ma
 pipeline (the denoising loop), video_io and outputs (files).
 """
 import argparse
+import hashlib
+import json
 import logging
 import math
 import os
@@ -35,15 +37,27 @@ MAX_CONTROLNET_SCALE = 5.0
 NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
 
 
+def batch_size_arg(value):
+    """--batch-size: a positive integer, or 'auto' (0 inside the program)."""
+    if value == "auto":
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="sdvideo.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pose-controlled video generation with SD + ControlNet-OpenPose, zero-shot. "
                     "With no --video/--poses it runs the bundled golf-swing demo poses.")
     inp = parser.add_argument_group("input")
-    inp.add_argument("--video", help="source video (any container FFmpeg reads); needs --poses for now")
+    inp.add_argument("--video", help="source video (any container FFmpeg reads); its poses are extracted "
+                                     "unless --poses is given")
     inp.add_argument("--poses", help="OpenPose JSON (sequence file or folder of --write_json files) "
-                                     "or a folder of pose-map images; default: the demo swing")
+                                     "or a folder of pose-map images; default: extracted from --video, "
+                                     "or the demo swing without --video")
     inp.add_argument("--start", type=float, default=0.0, help="first frame's time in seconds")
     inp.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     inp.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
@@ -118,13 +132,26 @@ def build_parser():
                       help="fuse the previous frame's clean latent warped by the source's optical flow, weight w")
     tech.add_argument("--flow-steps", default="0:0.5", help="flow warp at steps a:b")
 
+    import pose_extract
+
+    pose_extract.add_extraction_arguments(parser)
+
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="run folder (default: outputs/run-<date>-<time>)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    out.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from OUT.partial (same settings): reuses its latents and frames")
     out.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
 
     perf = parser.add_argument_group("performance")
-    perf.add_argument("--batch-size", type=int, default=4, help="frames per UNet/ControlNet call")
+    perf.add_argument("--batch-size", type=batch_size_arg, default=4,
+                      help="frames per UNet/ControlNet call; 'auto': as many as fit the GPU, halved on out-of-memory")
+    perf.add_argument("--attention", choices=("sdpa", "classic", "xformers"), default="sdpa",
+                      help="attention backend: PyTorch SDPA, diffusers' classic processor, or xformers")
+    perf.add_argument("--channels-last", action="store_true", help="channels-last memory layout for UNet and ControlNet")
+    perf.add_argument("--compile", action="store_true", help="torch.compile UNet and ControlNet (compiled once per shape)")
+    perf.add_argument("--vae-slicing", action="store_true", help="VAE-decode one frame at a time")
+    perf.add_argument("--vae-tiling", action="store_true", help="VAE-decode in tiles (large frames)")
     return parser
 
 
@@ -139,15 +166,13 @@ def validate(args):
         (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
         (args.eta >= 0, "--eta must be >= 0"),
         (args.height > 0 and args.width > 0, "--height and --width must be positive"),
-        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (args.batch_size >= 0, "--batch-size must be at least 1 (or auto)"),
         (args.start >= 0, "--start must be >= 0 seconds"),
         (args.max_frames is None or args.max_frames >= 1, "--max-frames must be at least 1"),
         (args.stride >= 1, "--stride must be at least 1"),
         (args.fps is None or args.fps > 0, "--fps must be positive"),
         (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
         (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
-        (args.video is None or args.poses is not None,
-         "--video needs --poses (an OpenPose JSON or pose-map folder) until pose extraction lands"),
     ]
     checks += [
         (0 <= args.blend_weight <= 1, "--blend-weight must be in [0, 1]"),
@@ -192,10 +217,43 @@ def validate(args):
 # ---- 2. poses and source frames ---------------------------------------------------------------
 
 class Clip:
-    """The inputs of a run at the working size: pose maps (F, H, W, 3), source frames or None, fps."""
+    """The inputs of a run at the working size: pose maps (F, H, W, 3), source frames or None, fps,
+    keypoints (F, 18, 3) where known, and the extracted PoseSequence where poses came from the video."""
 
-    def __init__(self, pose_maps, fps, source_frames=None, keypoints=None):
-        self.pose_maps, self.fps, self.source_frames, self.keypoints = pose_maps, fps, source_frames, keypoints
+    def __init__(self, pose_maps, fps, source_frames=None, keypoints=None, extracted=None):
+        self.pose_maps, self.fps, self.source_frames = pose_maps, fps, source_frames
+        self.keypoints, self.extracted = keypoints, extracted
+
+
+def extracted_clip(args):
+    """Poses detected on the video's selected frames at the working size, cached by video and settings."""
+    import models
+    import pose_extract
+    import video_io
+
+    settings = pose_extract.cleanup_settings(args)
+    width, height, source_fps, _ = video_io.probe_video(args.video)
+    indices, fps = video_io.select_frames(video_io.count_frames(args.video), source_fps, args.start,
+                                          args.max_frames, args.stride, args.fps)
+    if not indices:
+        raise UserError(f"no frames selected from {args.video}; lower --start")
+    frames = video_io.read_video(args.video, indices, args.width, args.height, args.fit)
+    key = json.dumps([models.file_hash(args.video), indices, args.width, args.height, args.fit, args.pose_backend,
+                      args.annotator_path, vars(settings)], sort_keys=True)
+    cached = os.path.join(models.cache_dir(), "poses", hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    if os.path.isfile(cached):
+        log.info("poses: reusing %s", cached)
+        sequence = pose_extract.read_poses(cached)
+        kept = sequence.kept
+    else:
+        detector = pose_extract.make_detector(args.pose_backend, args.annotator_path, models.pick_device(args.device).type)
+        sequence, kept = pose_extract.extract_sequence(frames, detector, fps, settings, progress=not args.quiet)
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        pose_extract.write_poses(cached, sequence)
+    frames = [frames[k] for k in kept]
+    pose_maps = np.stack([pose_extract.draw_pose_frame(sequence, i, args.height, args.width, args.draw_hands_face)
+                          for i in range(len(kept))])
+    return Clip(pose_maps, fps, frames, sequence.keypoints, sequence)
 
 
 def load_clip(args):
@@ -203,6 +261,8 @@ def load_clip(args):
     import pose_extract
     import video_io
 
+    if args.video and not args.poses:
+        return extracted_clip(args)
     poses_path = args.poses
     if not os.path.exists(poses_path):
         raise UserError(f"pose file not found: {poses_path}")
@@ -254,7 +314,9 @@ def load_models(args):
     spec = models.ModelSpec(model=args.model, base=args.base, controlnet=args.controlnet,
                             controlnet_config=args.controlnet_config, scheduler=args.scheduler,
                             dtype=args.dtype, device=args.device,
-                            local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1")
+                            local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1",
+                            attention=args.attention, channels_last=args.channels_last, compile=args.compile,
+                            vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling)
     return models.load_pipeline(spec)
 
 
@@ -287,7 +349,7 @@ def source_latents_for(args, pipe, clip):
             raise UserError(f"--residuals {args.residuals} holds latents {tuple(latents.shape)}; this run needs "
                             f"{expected} (same frame count, --height and --width as when it was saved)")
         return latents, None if keypoints is None else keypoints.numpy()
-    return pipeline.encode(pipe, clip.source_frames, args.batch_size).float().cpu(), None
+    return pipeline.encode(pipe, clip.source_frames, args.batch_size or pipeline.AUTO_BATCH_CPU).float().cpu(), None
 
 
 def pose_matrices(source_keypoints, target_keypoints, factor):
@@ -356,6 +418,56 @@ def technique_record(found, keyframes):
     return record
 
 
+CHECKPOINT = "latents.safetensors"  # the clean latents of an unfinished run, for --resume
+
+
+def resume_settings(args):
+    """The arguments that decide a run's result (what --resume must find unchanged)."""
+    return {k: v for k, v in vars(args).items() if k not in ("out", "overwrite", "resume", "quiet")}
+
+
+def save_checkpoint(run, latents, stats):
+    from safetensors.torch import save_file
+
+    tmp = run.path(CHECKPOINT + ".tmp")
+    save_file({"latents": latents.float().cpu().contiguous()}, tmp,
+              metadata={"unet_evals": str(stats.unet_evals), "controlnet_evals": str(stats.controlnet_evals)})
+    os.replace(tmp, run.path(CHECKPOINT))
+
+
+def load_checkpoint(run):
+    """(latents, LoopStats) saved by an interrupted run, or None."""
+    from safetensors import safe_open
+
+    import pipeline
+
+    if not os.path.isfile(run.path(CHECKPOINT)):
+        return None
+    with safe_open(run.path(CHECKPOINT), framework="pt") as f:
+        metadata = f.metadata()
+        latents = f.get_tensor("latents")
+    return latents, pipeline.LoopStats(int(metadata["unet_evals"]), int(metadata["controlnet_evals"]))
+
+
+def finished_frames(run, pipe, latents, chunk, progress):
+    """Frames in order: read back where a resumed run already wrote them, else VAE-decoded."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    import pipeline
+
+    with tqdm(total=len(latents), desc="decoding", unit="frame", disable=not progress) as bar:
+        for start in range(0, len(latents), chunk):
+            names = [run.path("frames", f"{i:05d}.png") for i in range(start, min(start + chunk, len(latents)))]
+            if all(os.path.isfile(name) for name in names):
+                for name in names:
+                    with Image.open(name) as image:
+                        yield np.asarray(image.convert("RGB"))
+            else:
+                yield from pipeline.decode(pipe, latents[start:start + chunk], chunk, progress=False)
+            bar.update(len(names))
+
+
 def write_frames(run, frames, clip):
     """Write each generated frame as PNG and into video.mp4 and side_by_side.mp4 as it arrives."""
     import video_io
@@ -395,7 +507,7 @@ def run(args):
 
     timings = {}
     started = time.perf_counter()
-    run_folder = outputs.RunFolder(args.out, args.overwrite)
+    run_folder = outputs.RunFolder(args.out, args.overwrite, args.resume, resume_settings(args))
     # 2. poses and source frames (all reading happens before anything is written)
     clip = load_clip(args)
     timings["inputs_s"] = time.perf_counter() - started
@@ -408,17 +520,28 @@ def run(args):
     run_folder.create("frames", "poses")
     for index, pose_map in enumerate(clip.pose_maps):
         video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
-    # 4. techniques and denoising
+    if clip.extracted is not None:
+        import pose_extract
+
+        pose_extract.write_poses(run_folder.path("poses.json"), clip.extracted)
+    chunk = args.batch_size or pipeline.AUTO_BATCH_CPU
+    # 4. techniques and denoising (skipped when resuming after it finished)
     mark = time.perf_counter()
     try:
         found, keyframes = build_techniques(args, pipe, clip)
-        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, keyframes,
-                                           progress=not args.quiet)
+        checkpoint = load_checkpoint(run_folder) if args.resume else None
+        if checkpoint is None:
+            latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, keyframes,
+                                               progress=not args.quiet)
+            save_checkpoint(run_folder, latents, stats)
+        else:
+            latents, stats = checkpoint
+            log.info("resuming: denoised latents found in %s", run_folder.partial)
         timings["denoise_s"] = time.perf_counter() - mark
-        # 5. decode and write frames and videos
+        # 5. decode and write frames and videos (frames already written are reused)
         mark = time.perf_counter()
-        write_frames(run_folder, pipeline.decode(pipe, latents, args.batch_size, progress=not args.quiet),
-                     clip)
+        latents = latents.to(device=pipe.device, dtype=pipe.vae.dtype)
+        write_frames(run_folder, finished_frames(run_folder, pipe, latents, chunk, not args.quiet), clip)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
                         f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
@@ -441,7 +564,7 @@ def run(args):
                  "seconds_per_frame": timings["total_s"] / num_frames},
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
     })
-    run_folder.finish()
+    run_folder.finish(scratch=(CHECKPOINT,))
     log.info("wrote %s (video.mp4, side_by_side.mp4, frames/, poses/, run.json) in %.1f s",
              run_folder.out, timings["total_s"])
     return run_folder.out

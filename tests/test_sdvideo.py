@@ -92,14 +92,14 @@ def test_sizes_are_rounded_to_a_multiple_of_8(tmp_path, caplog):
     (["--controlnet-scale", "9"], "--controlnet-scale"),
     (["--control-start", "0.8", "--control-end", "0.2"], "--control-start"),
     (["--height", "-8"], "--height"),
-    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-1"], "--batch-size"),
     (["--max-frames", "0"], "--max-frames"),
     (["--stride", "0"], "--stride"),
     (["--fps", "10", "--stride", "2"], "not both"),
     (["--noise-drift", "5"], "--noise-drift"),
     (["--start", "100"], "no frames selected"),
     (["--poses", "missing.json"], "not found"),
-    (["--video", "x.mp4"], "--video needs --poses"),
+    (["--video", "x.mp4"], "video not found"),
     (["--device", "cuda"], "CUDA"),
 ])
 def test_bad_arguments_fail_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):

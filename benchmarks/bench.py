@@ -1,0 +1,311 @@
+"""Speed and memory of sdvideo against diffusers, measured side by side in one run.
+
+    python benchmarks/bench.py --arch mid            # CPU target: ~40M-parameter UNet, 256x256, 16 frames
+    python benchmarks/bench.py --arch full --dtype bf16 --height 512 --width 512   # GPU: SD2.1 + ControlNet shapes
+
+Random weights (speed does not depend on their values). Each configuration runs in a fresh
+subprocess, so peak memory is its own:
+  (a) diffusers' StableDiffusionControlNetPipeline called once per frame, as a user would script it
+  (b) the same pipeline called once with all frames as a batch
+  (c) sdvideo with the same settings (its frames are compared with (a))
+  (d) sdvideo with latent copying from the first frame at half the schedule
+  (e) sdvideo in keyframe mode, K = 8, residual strength 0.3
+It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
+peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
+made), achieved fraction of the machine's peak (a matmul measured in the same run), each
+configuration's speed-up over (a), and the bound the schedule arithmetic allows.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONFIGS = {
+    "a": "diffusers, one call per frame",
+    "b": "diffusers, all frames in one call",
+    "c": "sdvideo",
+    "d": "sdvideo + copy at N/2",
+    "e": "sdvideo + keyframes K=8, s=0.3",
+}
+# UNet / ControlNet / VAE layouts. "full" is SD 2.1 (base): 865M UNet, 1024-d OpenCLIP-H text.
+ARCHS = {
+    "full": dict(blocks=(320, 640, 1280, 1280), heads=(5, 10, 20, 20), layers=2, context=1024, text_layers=23,
+                 text_heads=16, text_ff=4096, vae=(128, 256, 512, 512), vae_layers=2, hint=(16, 32, 96, 256)),
+    "mid": dict(blocks=(64, 128, 256, 256), heads=(1, 2, 4, 4), layers=2, context=256, text_layers=4,
+                text_heads=4, text_ff=1024, vae=(32, 64, 128, 128), vae_layers=1, hint=(16, 32, 96, 256)),
+}
+
+
+def build_pipeline(arch, device, dtype):
+    """A random-weight SD + ControlNet pipeline of the given layout, built on ``device``."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import models
+
+    spec = ARCHS[arch]
+    tokenizer = models.build_tiny_tokenizer()
+    attention = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    blocks = dict(block_out_channels=spec["blocks"], layers_per_block=spec["layers"], down_block_types=attention,
+                  cross_attention_dim=spec["context"], attention_head_dim=spec["heads"], use_linear_projection=True)
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **blocks)
+        controlnet = ControlNetModel(conditioning_embedding_out_channels=spec["hint"], **blocks)
+        vae = AutoencoderKL(block_out_channels=spec["vae"], layers_per_block=spec["vae_layers"], latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=spec["context"],
+                                            num_hidden_layers=spec["text_layers"], num_attention_heads=spec["text_heads"],
+                                            intermediate_size=spec["text_ff"], max_position_embeddings=77,
+                                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                            pad_token_id=tokenizer.pad_token_id, hidden_act="gelu"))
+    from diffusers import DDIMScheduler
+
+    pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                             controlnet=controlnet, scheduler=DDIMScheduler(**models.SD_SCHEDULE),
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def demo_pose_maps(frames, height, width):
+    """The demo swing's first frames, rendered at the benchmark size -> (F, H, W, 3) uint8."""
+    import numpy as np
+
+    import pose_extract  # not video_io: PyAV need not be installed where the benchmark runs
+
+    sequence = pose_extract.read_poses(os.path.join(ROOT, "demo", "golf_swing.json"))
+    canvas_width, canvas_height = sequence.canvas_size
+    scale = max(width / canvas_width, height / canvas_height)  # centre crop, as --fit crop
+    offset = ((width - canvas_width * scale) / 2, (height - canvas_height * scale) / 2)
+    keypoints = pose_extract.fit_keypoints(sequence.keypoints[:frames], scale, offset)
+    return np.stack([pose_extract.draw_openpose(k, height, width) for k in keypoints])
+
+
+def synchronize(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_config(name, args):
+    """Run one configuration (after a short warm-up) and return its measurements."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import pipeline
+    import techniques
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    pipe = build_pipeline(args.arch, args.device, dtype)
+    maps = demo_pose_maps(args.frames, args.height, args.width)
+    evals = {"unet": 0, "controlnet": 0}
+    for model, key in ((pipe.unet, "unet"), (pipe.controlnet, "controlnet")):
+        model.register_forward_pre_hook(lambda m, a, kw, key=key: evals.__setitem__(
+            key, evals[key] + (a[0] if a else kw["sample"]).shape[0]), with_kwargs=True)
+    prompt, negative = "a golfer on a sunny course", "blurry"
+    config = pipeline.GenerationConfig(prompt=prompt, negative_prompt=negative, steps=args.steps,
+                                       guidance=args.guidance, seed=0, batch_size=args.batch_size)
+
+    def diffusers_call(ids, steps):
+        images = [Image.fromarray(maps[i]) for i in ids]
+        generators = [torch.Generator("cpu").manual_seed(i) for i in ids]
+        out = pipe([prompt] * len(ids), image=images, negative_prompt=[negative] * len(ids), num_inference_steps=steps,
+                   guidance_scale=args.guidance, height=args.height, width=args.width, output_type="np",
+                   generator=generators)
+        return (out.images * 255).round().astype(np.uint8)
+
+    def sdvideo_call(ids, steps):
+        ids = list(ids)
+        found, keyframes = [], None
+        if name == "d":
+            found = [techniques.Copy(steps // 2, "anchor", "first")]
+        if name == "e":
+            source = pipeline.encode(pipe, maps[ids], args.batch_size)  # a stand-in source video
+            keyframes = techniques.KeyframePlan(8, 0.3, source)
+        run_config_ = pipeline.GenerationConfig(**{**config.__dict__, "steps": steps})
+        latents, _ = pipeline.generate(pipe, maps[ids], run_config_, found, keyframes, progress=False)
+        return np.stack(list(pipeline.decode(pipe, latents, args.batch_size, progress=False)))
+
+    def work(ids, steps):
+        if name == "a":
+            return np.concatenate([diffusers_call([i], steps) for i in ids])
+        if name == "b":
+            return diffusers_call(ids, steps)
+        return sdvideo_call(ids, steps)
+
+    work(range(min(2, args.frames)), 2)  # warm-up: kernels, allocator, lazy initialisation
+    evals.update(unet=0, controlnet=0)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(args.device)
+    start = time.perf_counter()
+    frames = work(range(args.frames), args.steps)
+    synchronize(args.device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if args.save_frames:
+        np.save(args.save_frames, frames)
+    return {"config": name, "seconds": seconds, "seconds_per_frame": seconds / args.frames,
+            "unet_evals_per_frame": evals["unet"] / args.frames,
+            "controlnet_evals_per_frame": evals["controlnet"] / args.frames, "peak_bytes": peak,
+            "unet_evals": evals["unet"], "controlnet_evals": evals["controlnet"]}
+
+
+def unit_flops(args):
+    """FLOPs of one UNet, one ControlNet evaluation (batch 1) and one VAE decode and encode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    pipe = build_pipeline(args.arch, args.device, dtype)
+    h, w = args.height // 8, args.width // 8
+    sample = torch.randn(1, 4, h, w, device=args.device, dtype=dtype)
+    context = torch.randn(1, 77, ARCHS[args.arch]["context"], device=args.device, dtype=dtype)
+    hint = torch.rand(1, 3, args.height, args.width, device=args.device, dtype=dtype)
+    image = torch.rand(1, 3, args.height, args.width, device=args.device, dtype=dtype)
+    counts = {}
+    with torch.no_grad():
+        for key, fn in (("unet", lambda: pipe.unet(sample, 500, encoder_hidden_states=context)),
+                        ("controlnet", lambda: pipe.controlnet(sample, 500, encoder_hidden_states=context,
+                                                               controlnet_cond=hint)),
+                        ("vae_decode", lambda: pipe.vae.decode(sample)),
+                        ("vae_encode", lambda: pipe.vae.encode(image))):
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            counts[key] = counter.get_total_flops()
+    counts["parameters_unet"] = sum(p.numel() for p in pipe.unet.parameters())
+    counts["parameters_controlnet"] = sum(p.numel() for p in pipe.controlnet.parameters())
+    return counts
+
+
+def machine_peak(args):
+    """Measured matmul rate (FLOP/s) in the benchmark's dtype: the ceiling to compare against."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    if args.device == "cpu":
+        dtype = torch.float32  # the CPU path runs fp32
+    n = 8192 if args.device.startswith("cuda") else 1024
+    a = torch.randn(n, n, device=args.device, dtype=dtype)
+    b = torch.randn(n, n, device=args.device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(args.device)
+    repeats = 20 if args.device.startswith("cuda") else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(args.device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def machine_name(device):
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def bounds(args):
+    """Best-case speed-up over (a) from the frame-steps each configuration skips."""
+    n, f = args.steps, args.frames
+    keys = len(set(range(0, f, 8)) | {f - 1})
+    s_steps = n - (n - min(int(round(n * 0.3)), n))
+    return {"a": 1.0, "b": 1.0, "c": 1.0, "d": f * n / (n // 2 + f * (n - n // 2)),
+            "e": f * n / (keys * n + (f - keys) * s_steps)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="mid")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="sdvideo's frames per model call")
+    parser.add_argument("--configs", default="abcde")
+    parser.add_argument("--out", default=None, help="write the markdown table and JSON here (prefix)")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save-frames", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.only:
+        print("RESULT " + json.dumps(run_config(args.only, args)), flush=True)
+        return
+
+    import numpy as np
+
+    results, frames = {}, {}
+    for name in args.configs:
+        command = [sys.executable, __file__, *sys.argv[1:], "--only", name,
+                   "--save-frames", f"/tmp/bench-frames-{name}.npy", "--device", args.device]
+        output = subprocess.run(command, capture_output=True, text=True)
+        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"configuration {name} failed:\n{output.stderr[-3000:]}")
+        results[name] = json.loads(line[0][7:])
+        frames[name] = np.load(f"/tmp/bench-frames-{name}.npy")
+        print(f"{name}: {results[name]['seconds_per_frame']:.3f} s/frame", flush=True)
+    flops, peak = unit_flops(args), machine_peak(args)
+    best = bounds(args)
+    base = results.get("a", {}).get("seconds_per_frame")
+    rows = []
+    for name, r in results.items():
+        total = (r["unet_evals"] * flops["unet"] + r["controlnet_evals"] * flops["controlnet"]
+                 + args.frames * flops["vae_decode"] + (args.frames * flops["vae_encode"] if name == "e" else 0))
+        r["tflop_per_frame"] = total / args.frames / 1e12
+        r["fraction_of_peak"] = total / r["seconds"] / peak
+        r["speedup_vs_a"] = base / r["seconds_per_frame"] if base else None
+        r["bound_vs_a"] = best[name]
+        rows.append(f"| ({name}) {CONFIGS[name]} | {r['seconds_per_frame']:.3f} | {r['unet_evals_per_frame']:.1f} | "
+                    f"{r['peak_bytes'] / 2 ** 30:.2f} | {r['tflop_per_frame']:.3f} | {100 * r['fraction_of_peak']:.1f} % | "
+                    + (f"{r['speedup_vs_a']:.2f}x | {best[name]:.2f}x |" if base else "- | - |"))
+    if "a" in frames and "c" in frames:
+        difference = int(np.abs(frames["a"].astype(int) - frames["c"].astype(int)).max())
+    else:
+        difference = None
+    ratio_cb = results["c"]["seconds_per_frame"] / results["b"]["seconds_per_frame"] if {"b", "c"} <= results.keys() else None
+    header = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
+              f"{time.strftime('%Y-%m-%d')}\n\n"
+              f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: {args.arch} architecture (UNet "
+              f"{flops['parameters_unet'] / 1e6:.0f}M, ControlNet {flops['parameters_controlnet'] / 1e6:.0f}M parameters), "
+              f"{args.dtype}, {args.width}x{args.height}, {args.frames} frames, {args.steps} DDIM steps, guidance "
+              f"{args.guidance}, sdvideo batch {args.batch_size}; measured matmul peak {peak / 1e12:.2f} TFLOP/s.\n\n"
+              "| configuration | s / frame | UNet evals / frame | peak memory (GiB) | TFLOP / frame | of peak | "
+              "speed-up vs (a) | bound |\n|---|---|---|---|---|---|---|---|\n")
+    footer = ""
+    if ratio_cb is not None:
+        footer += f"\n(c) / (b) time ratio: {ratio_cb:.3f}. "
+    if difference is not None:
+        footer += f"Largest pixel difference between (c) and (a): {difference}/255.\n"
+    table = header + "\n".join(rows) + "\n" + footer
+    print("\n" + table)
+    if args.out:
+        with open(args.out + ".md", "w") as f:
+            f.write(table)
+        with open(args.out + ".json", "w") as f:
+            json.dump({"args": vars(args), "unit_flops": flops, "peak_flops": peak, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Long clips, --resume, --batch-size auto and the speed options (tiny model, no timing asserted)."""
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import models
+import pipeline
+import pose_extract
+import sdvideo
+from pipeline import GenerationConfig
+
+FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet", "--batch-size", "16"]
+
+
+def decoded(path):
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def long_poses(tmp_path_factory):
+    """300 frames: the demo swing looped, on its 512x512 canvas."""
+    demo = pose_extract.read_poses(os.path.join(sdvideo.HERE, "demo", "golf_swing.json"))
+    keypoints = np.concatenate([demo.keypoints] * 5)[:300]
+    path = str(tmp_path_factory.mktemp("long") / "long.json")
+    pose_extract.write_poses(path, pose_extract.PoseSequence(keypoints, demo.canvas_size, 30.0))
+    return path
+
+
+def interrupt_decoding_after(monkeypatch, frames):
+    real = pipeline.decode
+    state = {"yielded": 0}
+
+    def decode(*args, **kwargs):
+        for frame in real(*args, **kwargs):
+            if state["yielded"] == frames:
+                raise KeyboardInterrupt
+            state["yielded"] += 1
+            yield frame
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+
+
+def test_a_300_frame_clip_resumes_to_the_same_video(tmp_path, long_poses, monkeypatch):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert sdvideo.main([*FAST, "--poses", long_poses, "--noise", "fixed", "--out", str(whole)]) == 0
+    assert len(os.listdir(whole / "frames")) == 300
+    with monkeypatch.context() as patch:
+        interrupt_decoding_after(patch, 150)
+        assert sdvideo.main([*FAST, "--poses", long_poses, "--noise", "fixed", "--out", str(cut)]) == 130
+    partial = tmp_path / "cut.partial"
+    assert len(os.listdir(partial / "frames")) == 150 and (partial / sdvideo.CHECKPOINT).exists()
+
+    def no_denoising(*args, **kwargs):
+        raise AssertionError("a resumed run must reuse the saved latents")
+
+    monkeypatch.setattr(pipeline, "generate", no_denoising)
+    assert sdvideo.main([*FAST, "--poses", long_poses, "--noise", "fixed", "--out", str(cut), "--resume"]) == 0
+    assert np.array_equal(decoded(cut / "video.mp4"), decoded(whole / "video.mp4"))
+    assert sorted(os.listdir(cut)) == sorted(os.listdir(whole))  # no checkpoint or resume file left
+    record = json.loads((cut / "run.json").read_text())
+    assert record["cost"]["unet_evals_per_frame"] == 4.0
+
+
+def test_resume_refuses_other_settings_and_missing_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert sdvideo.main([*FAST, "--max-frames", "3", "--out", str(out), "--resume"]) == 2
+    assert "no interrupted run" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        interrupt_decoding_after(patch, 1)
+        assert sdvideo.main([*FAST, "--max-frames", "3", "--out", str(out)]) == 130
+    assert sdvideo.main([*FAST, "--max-frames", "3", "--seed", "7", "--out", str(out), "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_auto_batch_size_halves_on_out_of_memory_and_keeps_the_result(tiny_pipe, pose_maps, monkeypatch):
+    config = GenerationConfig(prompt="a golfer", steps=2, batch_size=2)
+    expected, _ = pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
+    real, sizes = pipeline.predict_noise, []
+
+    def small_memory(pipe, latents, *args, **kwargs):
+        sizes.append(latents.shape[0])
+        if latents.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(pipe, latents, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict_noise", small_memory)
+    config.batch_size = 0  # auto: starts at 8 frames on a CPU
+    latents, _ = pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
+    assert sizes[:2] == [3, 2] and torch.allclose(latents, expected, atol=1e-5)
+    config.batch_size = 3  # a fixed size is not changed behind the user's back
+    with pytest.raises(torch.OutOfMemoryError):
+        pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
+
+
+@pytest.mark.parametrize("option", [dict(attention="classic"), dict(channels_last=True), dict(vae_slicing=True)])
+def test_speed_options_keep_the_result(pose_maps, option):
+    config = GenerationConfig(prompt="a golfer", steps=2, batch_size=3)
+    plain = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
+    tuned = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu", **option))
+    a, _ = pipeline.denoise(plain, pose_maps, config, progress=False)
+    b, _ = pipeline.denoise(tuned, pose_maps, config, progress=False)
+    assert torch.allclose(a, b, atol=1e-4)
+    frames_a = np.stack(list(pipeline.decode(plain, a, 3, progress=False))).astype(int)
+    frames_b = np.stack(list(pipeline.decode(tuned, b, 3, progress=False))).astype(int)
+    assert np.abs(frames_a - frames_b).max() <= 1
+
+
+def test_xformers_missing_is_a_user_error():
+    try:
+        import xformers  # noqa: F401
+        pytest.skip("xformers is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(models.UserError, match="xformers"):
+        models.load_pipeline(models.ModelSpec(model="tiny", device="cpu", attention="xformers"))
