@@ -9,7 +9,7 @@ HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/d
 TORCH_SPEC ?= $(if $(HAS_NVIDIA),torch,torch==2.13.0)
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test sweep browser install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+sweep: install
+	$(PY) sdvideo.py sweep demo/sweep.yaml
+
+# Debian's Chromium for the report test (tests/test_sweep.py skips it where no browser is installed).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

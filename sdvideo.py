@@ -31,7 +31,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_POSES = os.path.join(HERE, "demo", "golf_swing.json")
 DEFAULT_PROMPT = "a golfer swinging a club on a sunny golf course, photorealistic, detailed"
 DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"
-DEFAULT_FPS = 24.0
 SIZE_MULTIPLE = 8
 MAX_CONTROLNET_SCALE = 5.0
 NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
@@ -212,98 +211,6 @@ def validate(args):
         args.poses = DEMO_POSES
     if args.out is None:
         args.out = os.path.join("outputs", time.strftime("run-%Y%m%d-%H%M%S"))
-
-
-# ---- 2. poses and source frames ---------------------------------------------------------------
-
-class Clip:
-    """The inputs of a run at the working size: pose maps (F, H, W, 3), source frames or None, fps,
-    keypoints (F, 18, 3) where known, and the extracted PoseSequence where poses came from the video."""
-
-    def __init__(self, pose_maps, fps, source_frames=None, keypoints=None, extracted=None):
-        self.pose_maps, self.fps, self.source_frames = pose_maps, fps, source_frames
-        self.keypoints, self.extracted = keypoints, extracted
-
-
-def extracted_clip(args):
-    """Poses detected on the video's selected frames at the working size, cached by video and settings."""
-    import models
-    import pose_extract
-    import video_io
-
-    settings = pose_extract.cleanup_settings(args)
-    width, height, source_fps, _ = video_io.probe_video(args.video)
-    indices, fps = video_io.select_frames(video_io.count_frames(args.video), source_fps, args.start,
-                                          args.max_frames, args.stride, args.fps)
-    if not indices:
-        raise UserError(f"no frames selected from {args.video}; lower --start")
-    frames = video_io.read_video(args.video, indices, args.width, args.height, args.fit)
-    key = json.dumps([models.file_hash(args.video), indices, args.width, args.height, args.fit, args.pose_backend,
-                      args.annotator_path, vars(settings)], sort_keys=True)
-    cached = os.path.join(models.cache_dir(), "poses", hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-    if os.path.isfile(cached):
-        log.info("poses: reusing %s", cached)
-        sequence = pose_extract.read_poses(cached)
-        kept = sequence.kept
-    else:
-        detector = pose_extract.make_detector(args.pose_backend, args.annotator_path, models.pick_device(args.device).type)
-        sequence, kept = pose_extract.extract_sequence(frames, detector, fps, settings, progress=not args.quiet)
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        pose_extract.write_poses(cached, sequence)
-    frames = [frames[k] for k in kept]
-    pose_maps = np.stack([pose_extract.draw_pose_frame(sequence, i, args.height, args.width, args.draw_hands_face)
-                          for i in range(len(kept))])
-    return Clip(pose_maps, fps, frames, sequence.keypoints, sequence)
-
-
-def load_clip(args):
-    """Read poses (and the video, if any), select frames, fit them to --height x --width."""
-    import pose_extract
-    import video_io
-
-    if args.video and not args.poses:
-        return extracted_clip(args)
-    poses_path = args.poses
-    if not os.path.exists(poses_path):
-        raise UserError(f"pose file not found: {poses_path}")
-    is_image_folder = os.path.isdir(poses_path) and not any(n.endswith(".json") for n in os.listdir(poses_path))
-    video_size = None
-    if args.video:
-        width, height, source_fps, _ = video_io.probe_video(args.video)
-        video_size, num_available = (width, height), video_io.count_frames(args.video)
-
-    if is_image_folder:
-        maps = video_io.read_image_folder(poses_path, args.width, args.height, args.fit)
-        num_poses, keypoints, sequence_fps = len(maps), None, None
-    else:
-        sequence = pose_extract.read_poses(poses_path)
-        num_poses, sequence_fps = len(sequence.keypoints), sequence.fps
-        canvas = sequence.canvas_size or video_size
-        if canvas is None:
-            raise UserError(f"{poses_path} gives no canvas size for its pixel coordinates; add "
-                            "canvas_width/canvas_height to it or pass the --video it came from")
-
-    if args.video and num_poses != num_available:
-        raise UserError(f"{poses_path} has {num_poses} pose frames but {args.video} has {num_available} frames; "
-                        "they must correspond one to one")
-    if not args.video:
-        source_fps, num_available = float(sequence_fps or DEFAULT_FPS), num_poses
-    indices, fps = video_io.select_frames(num_available, source_fps, args.start, args.max_frames, args.stride, args.fps)
-    if not indices:
-        raise UserError(f"no frames selected: the clip has {num_available} frames at {source_fps:g} fps; lower --start")
-
-    if is_image_folder:
-        pose_maps = np.stack([maps[i] for i in indices])
-    else:
-        fit = video_io.fit_params(*canvas, args.width, args.height, args.fit)
-        keypoints = pose_extract.fit_keypoints(sequence.keypoints[indices], fit.scale, (fit.offset_x, fit.offset_y))
-        pose_maps = np.stack([pose_extract.draw_openpose(k, args.height, args.width) for k in keypoints])
-        empty = [i for i, k in enumerate(keypoints) if not (k[:, 2] > 0).any()]
-        if empty:
-            log.warning("%d of %d frames have no person (frames %s); their pose maps are blank",
-                        len(empty), len(indices), ", ".join(map(str, empty[:10])) + ("..." if len(empty) > 10 else ""))
-    source = video_io.read_video(args.video, indices, args.width, args.height, args.fit) if args.video else None
-    return Clip(pose_maps, fps, source, keypoints)
 
 
 # ---- 3. models --------------------------------------------------------------------------------
@@ -488,6 +395,17 @@ def write_frames(run, frames, clip):
         video.close()
 
 
+def peak_memory_gib(pipe):
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on a CPU."""
+    import resource
+
+    import torch
+
+    if pipe.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(pipe.device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+
+
 def versions():
     import diffusers
     import torch
@@ -501,6 +419,7 @@ def run(args):
     """Steps 2-6 of main, for validated args."""
     import torch
 
+    import inputs
     import outputs
     import pipeline
     import video_io
@@ -509,7 +428,7 @@ def run(args):
     started = time.perf_counter()
     run_folder = outputs.RunFolder(args.out, args.overwrite, args.resume, resume_settings(args))
     # 2. poses and source frames (all reading happens before anything is written)
-    clip = load_clip(args)
+    clip = inputs.load_clip(args)
     timings["inputs_s"] = time.perf_counter() - started
     # 3. models
     mark = time.perf_counter()
@@ -520,10 +439,12 @@ def run(args):
     run_folder.create("frames", "poses")
     for index, pose_map in enumerate(clip.pose_maps):
         video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
-    if clip.extracted is not None:
+    if clip.keypoints is not None:  # the control poses at the working size (pose fidelity compares with them)
         import pose_extract
 
-        pose_extract.write_poses(run_folder.path("poses.json"), clip.extracted)
+        sequence = clip.extracted or pose_extract.PoseSequence(clip.keypoints)
+        sequence.canvas_size, sequence.fps = (args.width, args.height), clip.fps
+        pose_extract.write_poses(run_folder.path("poses.json"), sequence)
     chunk = args.batch_size or pipeline.AUTO_BATCH_CPU
     # 4. techniques and denoising (skipped when resuming after it finished)
     mark = time.perf_counter()
@@ -561,7 +482,7 @@ def run(args):
         "device": str(pipe.device), "versions": versions(), "timings": timings,
         "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
                  "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
-                 "seconds_per_frame": timings["total_s"] / num_frames},
+                 "seconds_per_frame": timings["total_s"] / num_frames, "peak_memory_gib": peak_memory_gib(pipe)},
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
     })
     run_folder.finish(scratch=(CHECKPOINT,))
@@ -581,7 +502,72 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def evaluation_parser(prog):
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
+                        help="CLIP for frame and prompt consistency (folder or hub id)")
+    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP metrics")
+    parser.add_argument("--pose-backend", default=None, choices=("openpose", "dwpose", "mediapipe"),
+                        help="detector for pose fidelity (PCK@0.1); default: skip it")
+    parser.add_argument("--annotator-path", default=None, help="the detector's weights folder")
+    parser.add_argument("--local-files-only", action="store_true", help="never contact the hub")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def evaluation_options(args):
+    """The CLIP model and pose detector the metrics need, loaded once."""
+    import metrics
+    import pose_extract
+
+    local = args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1"
+    clip = None if args.no_clip else metrics.load_clip(args.clip_model, local)
+    detector = pose_extract.make_detector(args.pose_backend, args.annotator_path) if args.pose_backend else None
+    return {"clip": clip, "detector": detector}
+
+
+def evaluate_main(argv):
+    """python sdvideo.py evaluate RUN_DIR... : metrics of finished runs -> a table and RUN/metrics.json."""
+    import metrics
+
+    parser = evaluation_parser("sdvideo.py evaluate")
+    parser.add_argument("runs", nargs="+", help="run folders")
+    args = parser.parse_args(argv)
+    options = evaluation_options(args)
+    rows = [{"run": run, **metrics.evaluate_run(run, **options)} for run in args.runs]
+    columns = ["run"] + [c for c in rows[0] if c not in ("run", "frames") and any(r.get(c) is not None for r in rows)]
+    print(metrics.format_table(rows, columns))
+
+
+def sweep_main(argv):
+    """python sdvideo.py sweep CONFIG.yaml : many runs, evaluated and compared (see sweep.py)."""
+    import sweep
+
+    parser = evaluation_parser("sdvideo.py sweep")
+    parser.add_argument("config", help="sweep YAML (see demo/sweep.yaml)")
+    args = parser.parse_args(argv)
+    config = sweep.load_config(args.config)
+    settings = config.get("evaluate") or {}
+    for key, value in settings.items():  # the YAML's evaluate section, unless given on the command line
+        if getattr(args, key, None) in (None, False, parser.get_default(key)):
+            setattr(args, key, value)
+    sweep.run_sweep(args.config, main, evaluation_options(args))
+
+
+SUBCOMMANDS = {"evaluate": evaluate_main, "sweep": sweep_main}
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        logging.basicConfig(level=logging.WARNING if "--quiet" in argv else logging.INFO, format="%(message)s")
+        _quiet_libraries()
+        try:
+            SUBCOMMANDS[argv[0]](argv[1:])
+        except UserError as error:
+            print(f"sdvideo: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     _quiet_libraries()

@@ -86,7 +86,8 @@ def demo_pose_maps(frames, height, width):
     canvas_width, canvas_height = sequence.canvas_size
     scale = max(width / canvas_width, height / canvas_height)  # centre crop, as --fit crop
     offset = ((width - canvas_width * scale) / 2, (height - canvas_height * scale) / 2)
-    keypoints = pose_extract.fit_keypoints(sequence.keypoints[:frames], scale, offset)
+    looped = np.concatenate([sequence.keypoints] * (frames // len(sequence.keypoints) + 1))[:frames]
+    keypoints = pose_extract.fit_keypoints(looped, scale, offset)
     return np.stack([pose_extract.draw_openpose(k, height, width) for k in keypoints])
 
 
@@ -228,6 +229,32 @@ def bounds(args):
             "e": f * n / (keys * n + (f - keys) * s_steps)}
 
 
+def memory_scaling(args):
+    """Peak memory of configuration (c) at several clip lengths, each in a fresh process."""
+    counts = [int(n) for n in args.memory_frames.split(",")]
+    peaks = {}
+    for count in counts:
+        argv = [a for a in sys.argv[1:]]
+        command = [sys.executable, __file__, *argv, "--frames", str(count), "--only", "c", "--device", args.device]
+        output = subprocess.run(command, capture_output=True, text=True)
+        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            sys.exit(f"{count} frames failed:\n{output.stderr[-3000:]}")
+        peaks[count] = json.loads(line[0][7:])["peak_bytes"]
+        print(f"{count} frames: peak {peaks[count] / 2 ** 30:.3f} GiB", flush=True)
+    first = peaks[counts[0]]
+    table = (f"machine: {machine_name(args.device)}; {time.strftime('%Y-%m-%d')}\n\n"
+             f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: sdvideo (c), {args.arch} architecture, "
+             f"{args.dtype}, {args.width}x{args.height}, {args.steps} steps, batch {args.batch_size}; peak "
+             f"{'GPU memory allocated' if args.device.startswith('cuda') else 'resident memory of the process'}.\n\n"
+             "| frames | peak memory (GiB) | ratio to the first |\n|---|---|---|\n"
+             + "".join(f"| {n} | {p / 2 ** 30:.3f} | {p / first:.3f} |\n" for n, p in peaks.items()))
+    print("\n" + table)
+    if args.out:
+        with open(args.out + ".md", "w") as f:
+            f.write(table)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mid")
@@ -241,6 +268,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16, help="sdvideo's frames per model call")
     parser.add_argument("--configs", default="abcde")
     parser.add_argument("--out", default=None, help="write the markdown table and JSON here (prefix)")
+    parser.add_argument("--memory-frames", default=None,
+                        help="instead: peak memory of sdvideo (c) at these clip lengths, e.g. 16,256")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-frames", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,6 +284,8 @@ def main():
 
     import numpy as np
 
+    if args.memory_frames:
+        return memory_scaling(args)
     results, frames = {}, {}
     for name in args.configs:
         command = [sys.executable, __file__, *sys.argv[1:], "--only", name,

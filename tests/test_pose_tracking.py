@@ -11,7 +11,8 @@ import pose_extract
 import sdvideo
 from conftest import make_video
 from errors import UserError
-from pose_extract import CleanUp
+import pose_tracking
+from pose_tracking import CleanUp
 
 
 def test_mediapipe_landmarks_map_to_coco18():
@@ -44,7 +45,7 @@ def test_tracking_follows_one_of_two_people_crossing():
         b = person(280 - 8 * i, 104, 36)  # a smaller bystander walks left through them
         frames.append([{"body": b}, {"body": a}] if i % 2 else [{"body": a}, {"body": b}])
         truth.append(a)
-    tracked, chosen = pose_extract.track_person(frames, 320, 200)
+    tracked, chosen = pose_tracking.track_person(frames, 320, 200)
     assert np.allclose(tracked, np.stack(truth))
     assert all(c is not None for c in chosen)
 
@@ -53,13 +54,13 @@ def test_tracking_never_jumps_to_a_bystander_when_the_subject_leaves():
     frames = [[{"body": person(100 + 2 * i, 100, 40)}] for i in range(10)]
     frames += [[{"body": person(300, 100, 40)}]]  # only someone far away
     frames += [[{"body": person(122, 100, 40)}, {"body": person(300, 100, 40)}]]
-    tracked, _ = pose_extract.track_person(frames, 400, 200)
+    tracked, _ = pose_tracking.track_person(frames, 400, 200)
     assert not tracked[10].any() and np.allclose(tracked[11], person(122, 100, 40))
 
 
 def test_the_first_frame_picks_the_largest_most_central_person():
     small_central, large_off = person(160, 100, 20), person(40, 100, 60)
-    tracked, _ = pose_extract.track_person([[{"body": small_central}, {"body": large_off}]], 320, 200)
+    tracked, _ = pose_tracking.track_person([[{"body": small_central}, {"body": large_off}]], 320, 200)
     assert np.allclose(tracked[0], large_off)
 
 
@@ -75,7 +76,7 @@ def test_gaps_up_to_the_limit_are_filled_exactly_on_linear_motion():
     holed = truth.copy()
     holed[5:8, 3] = 0  # 3 frames missing
     holed[10:16, 4] = 0  # 6 frames missing
-    filled = pose_extract.fill_gaps(holed, max_gap=4)
+    filled = pose_tracking.fill_gaps(holed, max_gap=4)
     assert np.abs(filled[5:8, 3] - truth[5:8, 3]).max() < 1e-4
     assert not filled[10:16, 4, 2].any()  # longer than the limit: stays missing
 
@@ -86,7 +87,7 @@ def test_one_euro_reduces_jitter_and_keeps_a_fast_swing():
     raw = np.sqrt(np.mean(noise[10:] ** 2))
 
     def error(truth, **kwargs):
-        return np.sqrt(np.mean((pose_extract.one_euro(truth + noise, fps, **kwargs) - truth)[10:] ** 2))
+        return np.sqrt(np.mean((pose_tracking.one_euro(truth + noise, fps, **kwargs) - truth)[10:] ** 2))
 
     still = np.full_like(t, 100.0)
     slow = 100 + 20 * np.sin(2 * np.pi * 0.5 * t)
@@ -101,19 +102,19 @@ def test_clean_up_handles_frames_without_anyone(caplog):
     keypoints[4] = 0
     keypoints[:, :, 2] = 0.9
     keypoints[4, :, 2] = 0
-    filled, kept = pose_extract.clean_up(keypoints, 30, CleanUp(fill=0, smooth="none", on_missing="fill"))
+    filled, kept = pose_tracking.clean_up(keypoints, 30, CleanUp(fill=0, smooth="none", on_missing="fill"))
     assert kept == list(range(10)) and np.allclose(filled[4, :, 0], linear_track(10)[4, :, 0])
     assert "no person in 1 of 10 frames (4)" in caplog.text
-    skipped, kept = pose_extract.clean_up(keypoints, 30, CleanUp(fill=0, smooth="none", on_missing="skip"))
+    skipped, kept = pose_tracking.clean_up(keypoints, 30, CleanUp(fill=0, smooth="none", on_missing="skip"))
     assert kept == [0, 1, 2, 3, 5, 6, 7, 8, 9] and len(skipped) == 9
     with pytest.raises(UserError, match="no person in 1 of 10 frames"):
-        pose_extract.clean_up(keypoints, 30, CleanUp(on_missing="fail"))
+        pose_tracking.clean_up(keypoints, 30, CleanUp(on_missing="fail"))
     with pytest.raises(UserError, match="no person was found in any frame"):
-        pose_extract.clean_up(np.zeros((5, 18, 3), np.float32), 30, CleanUp())
+        pose_tracking.clean_up(np.zeros((5, 18, 3), np.float32), 30, CleanUp())
     low = linear_track(3)
     low[:, :, 2] = 0.2
     low[:, 0, 2] = 0.9
-    cleaned, _ = pose_extract.clean_up(low, 30, CleanUp(min_conf=0.3, smooth="none"))
+    cleaned, _ = pose_tracking.clean_up(low, 30, CleanUp(min_conf=0.3, smooth="none"))
     assert (cleaned[:, 1:, 2] == 0).all() and (cleaned[:, 0, 2] > 0).all()
 
 

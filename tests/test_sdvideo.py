@@ -28,7 +28,7 @@ def frame_count(path):
 def test_demo_run_writes_videos_frames_poses_and_run_json(tmp_path):
     out = tmp_path / "run"
     assert run_cli("--max-frames", "5", "--out", str(out)) == 0
-    assert sorted(os.listdir(out)) == ["frames", "poses", "run.json", "side_by_side.mp4", "video.mp4"]
+    assert sorted(os.listdir(out)) == ["frames", "poses", "poses.json", "run.json", "side_by_side.mp4", "video.mp4"]
     assert sorted(os.listdir(out / "frames")) == [f"{i:05d}.png" for i in range(5)]
     assert len(os.listdir(out / "poses")) == 5
     assert frame_count(out / "video.mp4") == 5

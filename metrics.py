@@ -1,0 +1,173 @@
+"""Temporal-consistency and fidelity metrics of a finished run folder; ``evaluate_run`` is the entry point.
+
+    python sdvideo.py evaluate outputs/demo [--clip-model openai/clip-vit-large-patch14] [--pose-backend mediapipe]
+
+Each metric is a pure function of frames (F, H, W, 3) uint8 and, where it needs one, the source
+clip: the left half of the run's side_by_side.mp4 (the source video, or the pose maps where the
+run had no video). Results go to RUN/metrics.json.
+"""
+import json
+import logging
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+
+import flow
+from errors import UserError
+
+log = logging.getLogger(__name__)
+PCK_THRESHOLD = 0.1  # of the person's box size, as in the pose-fidelity metrics of ControlVideo-style papers
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+def warp_frame(frame, backward_flow):
+    """Backward-warp an (H, W, 3) frame: out(p) = frame(p + flow(p)), bilinear."""
+    height, width = backward_flow.shape[:2]
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).astype(np.float32)
+    coordinates = grid + backward_flow
+    return cv2.remap(frame, coordinates[..., 0], coordinates[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warping_error(frames, source_frames):
+    """Pixel MSE between each generated frame and its predecessor warped by the source's flow,
+    over pixels that pass the forward-backward check; colours in [0, 1]. Lower is steadier.
+
+    E = mean_t sum_p m_t(p) |F_t(p) - W(F_{t-1})(p)|^2 / (3 sum_p m_t(p))
+    """
+    flows, masks = flow.backward_flows(np.asarray(source_frames))
+    errors = []
+    for t in range(1, len(frames)):
+        warped = warp_frame(frames[t - 1], flows[t - 1]).astype(np.float64) / 255
+        squared = ((frames[t].astype(np.float64) / 255 - warped) ** 2).sum(axis=-1)
+        if masks[t - 1].sum() > 0:
+            errors.append(float((squared * masks[t - 1]).sum() / (3 * masks[t - 1].sum())))
+    return float(np.mean(errors)) if errors else 0.0
+
+
+def mean_temporal_difference(frames):
+    """Mean absolute difference of consecutive frames, colours in [0, 1]."""
+    frames = np.asarray(frames, dtype=np.float64) / 255
+    return float(np.abs(np.diff(frames, axis=0)).mean()) if len(frames) > 1 else 0.0
+
+
+def flicker(frames, source_frames):
+    """Generated frames' mean temporal difference over the source's: 1 moves as much as the source,
+    above 1 flickers. Where the source is static, the generated clip's own difference."""
+    source = mean_temporal_difference(source_frames)
+    generated = mean_temporal_difference(frames)
+    return generated / source if source > 1e-6 else generated
+
+
+def pck(detected, control, threshold=PCK_THRESHOLD):
+    """Percentage of correct keypoints: detected (F, 18, 3) within threshold x the control person's
+    box size (its larger side) of the control keypoints (F, 18, 3); over joints present in the control."""
+    hits, total = 0, 0
+    for found, wanted in zip(detected, control):
+        present = wanted[:, 2] > 0
+        if not present.any():
+            continue
+        box = wanted[present, :2]
+        size = max(float(np.ptp(box[:, 0])), float(np.ptp(box[:, 1])), 1.0)
+        close = (found[:, 2] > 0) & (np.linalg.norm(found[:, :2] - wanted[:, :2], axis=1) <= threshold * size)
+        hits += int((close & present).sum())
+        total += int(present.sum())
+    return hits / total if total else 0.0
+
+
+def clip_scores(frames, prompt, model, processor, batch_size=8):
+    """(frame consistency: mean cosine of consecutive frames' CLIP image embeddings,
+        prompt consistency: mean cosine between each frame and the prompt)."""
+    import torch
+
+    embeddings = []
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            images = [Image.fromarray(f) for f in frames[start:start + batch_size]]
+            inputs = processor(images=images, return_tensors="pt").to(model.device)
+            embeddings.append(_as_tensor(model.get_image_features(**inputs)))
+        text = processor(text=[prompt], return_tensors="pt", padding="max_length", truncation=True).to(model.device)
+        text_embedding = _as_tensor(model.get_text_features(**text))
+    images = torch.nn.functional.normalize(torch.cat(embeddings).float(), dim=-1)
+    text_embedding = torch.nn.functional.normalize(text_embedding.float(), dim=-1)
+    frame_consistency = float((images[1:] * images[:-1]).sum(-1).mean()) if len(images) > 1 else 1.0
+    return frame_consistency, float((images @ text_embedding.T).mean())
+
+
+def _as_tensor(features):
+    """get_*_features returns a tensor in some transformers versions and an output object in others."""
+    return features if hasattr(features, "shape") else features.pooler_output
+
+
+def load_clip(name, local_files_only=False):
+    """CLIPModel and CLIPProcessor from a folder or hub id; missing weights -> UserError."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        return (CLIPModel.from_pretrained(name, local_files_only=local_files_only).eval(),
+                CLIPProcessor.from_pretrained(name, local_files_only=local_files_only))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load CLIP model '{name}' ({str(error).splitlines()[0][:160]}); "
+                        f"`hf download {name}`, pass --clip-model DIR, or --no-clip") from None
+
+
+def read_frames(run_dir):
+    """Generated frames (F, H, W, 3) from RUN/frames/*.png."""
+    folder = os.path.join(run_dir, "frames")
+    if not os.path.isdir(folder):
+        raise UserError(f"{run_dir} is not a finished sdvideo run (no frames/); run sdvideo first")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
+    return np.stack([np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")) for n in names])
+
+
+def read_source(run_dir, width):
+    """The left half of side_by_side.mp4: what the run was conditioned on, frame by frame."""
+    import av
+
+    with av.open(os.path.join(run_dir, "side_by_side.mp4")) as container:
+        return np.stack([f.to_ndarray(format="rgb24")[:, :width] for f in container.decode(video=0)])
+
+
+def evaluate_run(run_dir, clip=None, detector=None):
+    """All metrics of one run -> dict, also written to RUN/metrics.json.
+
+    clip: (model, processor) or None to skip the CLIP metrics; detector: a pose_extract detector
+    or None to skip pose fidelity."""
+    import pose_extract
+    import pose_tracking
+
+    record_path = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(record_path):
+        raise UserError(f"{run_dir} has no run.json; is it a finished sdvideo run?")
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    frames = read_frames(run_dir)
+    source = read_source(run_dir, frames.shape[2])
+    results = {"frames": len(frames), "warping_error": warping_error(frames, source), "flicker": flicker(frames, source)}
+    if clip is not None:
+        results["clip_frame_consistency"], results["clip_prompt_consistency"] = clip_scores(
+            frames, record["args"]["prompt"], *clip)
+    control_path = os.path.join(run_dir, "poses.json")
+    if detector is not None and os.path.isfile(control_path):
+        control = pose_extract.read_poses(control_path).keypoints
+        detected, _ = pose_tracking.track_person([detector(f) for f in frames], frames.shape[2], frames.shape[1])
+        results["pose_pck"] = pck(detected, control)
+    cost = record.get("cost", {})
+    results.update({k: cost.get(k) for k in ("seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")})
+    tmp = os.path.join(run_dir, "metrics.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(run_dir, "metrics.json"))
+    return results
+
+
+def format_table(rows, columns):
+    """A markdown table of dict rows."""
+
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

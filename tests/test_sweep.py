@@ -1,0 +1,134 @@
+"""Sweeps: planning, resuming after a crash, results, report (in a real headless browser), accelerate."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import sdvideo
+import sweep
+from conftest import ROOT
+
+CONFIG = """
+out: {out}
+sort_by: flicker
+common: {{model: tiny, height: 64, width: 64, steps: 2, max_frames: 4, batch_size: 4}}
+inputs:
+  - {{name: swing, poses: {root}/demo/golf_swing.json, video: {root}/demo/golf_swing_poses.mp4}}
+prompts: [a golfer]
+settings:
+  - {{name: baseline, preset: baseline}}
+  - {{name: copying, noise: fixed, copy_step: "1"}}
+grid:
+  noise: [fixed, progressive]
+evaluate: {{no_clip: true}}
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out", root=ROOT))
+    return str(path)
+
+
+def test_plan_covers_settings_and_grid_with_flags():
+    config = {"root": ROOT, "inputs": [{"name": "a", "poses": "p.json"}], "prompts": ["x", "y"],
+              "common": {"model": "tiny", "quiet": True, "residuals": None},
+              "settings": [{"name": "base", "steps": 3}], "grid": {"noise": ["fixed", "slerp"]}}
+    runs = sweep.plan_runs(config)
+    assert [name for name, _ in runs] == ["a-p0-base", "a-p0-noise=fixed", "a-p0-noise=slerp",
+                                          "a-p1-base", "a-p1-noise=fixed", "a-p1-noise=slerp"]
+    assert runs[0][1] == ["--model", "tiny", "--quiet", "--poses", os.path.join(ROOT, "p.json"), "--steps", "3",
+                          "--prompt", "x"]
+
+
+def test_sweep_resumes_after_a_crash_and_writes_every_result(config, tmp_path, monkeypatch):
+    calls = []
+
+    def crash_on_third(argv):
+        calls.append(argv)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the machine went away mid-sweep
+        return sdvideo.main(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(config, crash_on_third, {"clip": None, "detector": None})
+    calls.clear()
+    rows = sweep.run_sweep(config, lambda argv: calls.append(argv) or sdvideo.main(argv), {"clip": None, "detector": None})
+    assert len(calls) == 2  # the two runs finished before the crash were skipped
+    out = tmp_path / "out"
+    assert [r["run"] for r in rows] == sorted([r["run"] for r in rows], key=lambda n: next(
+        x["flicker"] for x in rows if x["run"] == n))
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {r["run"] for r in table} == {"swing-baseline", "swing-copying", "swing-noise=fixed", "swing-noise=progressive"}
+    assert all(float(r["warping_error"]) >= 0 for r in table)
+    assert "| run |" in (out / "results.md").read_text()
+    assert (out / "plots" / "warping_error.png").stat().st_size > 1000
+    report = (out / "report.html").read_text()
+    assert report.count("<video") == 4 and "runs/swing-copying/side_by_side.mp4" in report
+    # a changed setting reruns only that run
+    calls.clear()
+    text = open(config).read().replace('copy_step: "1"', 'copy_step: "0"')
+    open(config, "w").write(text)
+    sweep.run_sweep(config, lambda argv: calls.append(argv) or sdvideo.main(argv), {"clip": None, "detector": None})
+    assert len(calls) == 1 and "--copy-step" in calls[0]
+
+
+def test_bad_sweep_configs_are_user_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: []\n")
+    assert sdvideo.main(["sweep", str(bad)]) == 2
+    assert "needs 'inputs'" in capsys.readouterr().err
+    assert sdvideo.main(["sweep", str(tmp_path / "none.yaml")]) == 2
+
+
+def browser():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(browser() is None, reason="no Chromium installed (.ci/run installs Debian's chromium)")
+def test_report_opens_in_a_real_browser_and_every_video_plays(config, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    sweep.run_sweep(config, sdvideo.main, {"clip": None, "detector": None})
+    report = (tmp_path / "out" / "report.html").resolve()
+    errors = []
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=browser(), args=["--no-sandbox", "--disable-gpu"])
+        page = chromium.new_page()
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(report.as_uri())
+        page.wait_for_function("Array.from(document.querySelectorAll('video')).every(v => v.readyState >= 2)",
+                               timeout=30000)
+        played = page.evaluate("""Promise.all(Array.from(document.querySelectorAll('video')).map(v =>
+            v.play().then(() => new Promise(r => setTimeout(() => r(v.currentTime > 0 && !v.error), 500)))))""")
+        names = "Array.from(document.querySelectorAll('tbody tr')).map(r => r.cells[0].textContent)"
+        page.click("th[data-key='run']")
+        ascending = page.evaluate(names)
+        page.click("th[data-key='run']")
+        descending = page.evaluate(names)
+        chromium.close()
+    assert errors == [] and played == [True] * 4
+    assert ascending == sorted(ascending) and descending == sorted(ascending, reverse=True)
+
+
+def test_accelerate_splits_a_sweep_across_two_cpu_processes(config, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run([*launcher, os.path.join(ROOT, "sdvideo.py"), "sweep", config, "--quiet"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "out" / "runs"
+    processes = {json.loads((runs / name / sweep.RUN_FLAGS).read_text())["process"] for name in os.listdir(runs)}
+    assert processes == {0, 1}
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
