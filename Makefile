@@ -24,7 +24,12 @@ demo: install
 	$(PY) sdvideo.py --model tiny --height 256 --width 256 --steps 10 --batch-size 8 --out $(DEMO_OUT) --overwrite
 	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
 
-test: install
+# MediaPipe's pose model ships in its wheel, so a real detector runs in the tests (see the file for --no-deps).
+$(VENV)/.mediapipe: $(VENV)/.installed requirements-mediapipe.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-mediapipe.txt
+	touch $@
+
+test: install $(VENV)/.mediapipe
 	$(PY) -m pytest -q tests
 
 sweep: install

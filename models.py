@@ -67,6 +67,8 @@ class ModelSpec:
     compile: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False
+    offload: str = "none"  # "model" or "sequential": weights in CPU memory, moved to the GPU as used
+    reuse_control_embedding: bool = True
 
 
 def pick_device(name):
@@ -105,14 +107,41 @@ def load_pipeline(spec):
                                 requires_safety_checker=False)
     pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    if spec.offload != "none":
+        if device.type == "cpu":
+            raise UserError(f"--offload {spec.offload} moves weights from CPU memory to a GPU as they are used; "
+                            "this run is on the CPU, where they already are: drop --offload")
+        if spec.compile:
+            raise UserError("--compile and --offload do not work together (offloading hooks break the "
+                            "compiled graphs); choose one")
+        pipe = pipe.to(dtype=dtype)
+        apply_speed_options(pipe, spec)
+        enable_offload(pipe, spec.offload, device)
+        return pipe
     pipe = pipe.to(device=device, dtype=dtype)
     apply_speed_options(pipe, spec)
     return pipe
 
 
+def enable_offload(pipe, mode, device):
+    """accelerate's offloading through diffusers: ``model`` moves one whole model at a time to
+    ``device`` when it runs (the ControlNet and UNet stay while the loop alternates them: the
+    ControlNet is outside the offload chain), ``sequential`` one layer at a time (least memory,
+    slowest). The loop then runs on ``pipe._execution_device``."""
+    if device.type == "cuda" and device.index is None:  # this process's GPU (accelerate sets it per process)
+        device = torch.device("cuda", torch.cuda.current_device())
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
 def apply_speed_options(pipe, spec):
-    """Attention backend, memory layout, torch.compile and VAE slicing/tiling, in place."""
+    """Attention backend, memory layout, conditioning-embedding reuse, torch.compile and VAE
+    slicing/tiling, in place."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    import pipeline
 
     if spec.attention == "xformers":
         try:
@@ -127,6 +156,8 @@ def apply_speed_options(pipe, spec):
     if spec.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.controlnet.to(memory_format=torch.channels_last)
+    if spec.reuse_control_embedding:
+        pipeline.reuse_control_embedding(pipe)
     if spec.vae_slicing:
         pipe.vae.enable_slicing()
     if spec.vae_tiling:

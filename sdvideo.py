@@ -151,6 +151,12 @@ def build_parser():
     perf.add_argument("--compile", action="store_true", help="torch.compile UNet and ControlNet (compiled once per shape)")
     perf.add_argument("--vae-slicing", action="store_true", help="VAE-decode one frame at a time")
     perf.add_argument("--vae-tiling", action="store_true", help="VAE-decode in tiles (large frames)")
+    perf.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
+                      help="keep weights in CPU memory and move them to the GPU as used: whole models "
+                           "(little slower) or layer by layer (least GPU memory, much slower)")
+    perf.add_argument("--recompute-control-embedding", action="store_true",
+                      help="compute ControlNet's pose-map embedding at every step (default: once per frame; "
+                           "the numbers are the same)")
     return parser
 
 
@@ -223,7 +229,8 @@ def load_models(args):
                             dtype=args.dtype, device=args.device,
                             local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1",
                             attention=args.attention, channels_last=args.channels_last, compile=args.compile,
-                            vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling)
+                            vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, offload=args.offload,
+                            reuse_control_embedding=not args.recompute_control_embedding)
     return models.load_pipeline(spec)
 
 
@@ -401,8 +408,9 @@ def peak_memory_gib(pipe):
 
     import torch
 
-    if pipe.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(pipe.device) / 2 ** 30
+    device = pipe._execution_device
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
 
 
@@ -435,7 +443,7 @@ def run(args):
     pipe = load_models(args)
     timings["load_models_s"] = time.perf_counter() - mark
     log.info("%d frames at %dx%d, %g fps, on %s (%s)", len(clip.pose_maps), args.width, args.height,
-             clip.fps, pipe.device, args.dtype)
+             clip.fps, pipe._execution_device, args.dtype)
     run_folder.create("frames", "poses")
     for index, pose_map in enumerate(clip.pose_maps):
         video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
@@ -461,7 +469,7 @@ def run(args):
         timings["denoise_s"] = time.perf_counter() - mark
         # 5. decode and write frames and videos (frames already written are reused)
         mark = time.perf_counter()
-        latents = latents.to(device=pipe.device, dtype=pipe.vae.dtype)
+        latents = latents.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
         write_frames(run_folder, finished_frames(run_folder, pipe, latents, chunk, not args.quiet), clip)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
@@ -479,7 +487,7 @@ def run(args):
         "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
                    "scheduler": type(pipe.scheduler).__name__,
                    "prediction_type": pipe.scheduler.config.get("prediction_type")},
-        "device": str(pipe.device), "versions": versions(), "timings": timings,
+        "device": str(pipe._execution_device), "versions": versions(), "timings": timings,
         "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
                  "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
                  "seconds_per_frame": timings["total_s"] / num_frames, "peak_memory_gib": peak_memory_gib(pipe)},

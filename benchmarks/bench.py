@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py --arch mid            # CPU target: ~40M-parameter UNet, 256x256, 16 frames
     python benchmarks/bench.py --arch full --dtype bf16 --height 512 --width 512   # GPU: SD2.1 + ControlNet shapes
+    python benchmarks/bench.py --arch mid --options   # sdvideo (c) under each speed option, side by side
 
 Random weights (speed does not depend on their values). Each configuration runs in a fresh
 subprocess, so peak memory is its own:
@@ -13,7 +14,10 @@ subprocess, so peak memory is its own:
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
-configuration's speed-up over (a), and the bound the schedule arithmetic allows.
+configuration's speed-up over (a), and the bound the schedule arithmetic allows. ``--options``
+instead times (c) with each speed option against sdvideo's defaults (SDPA attention, the
+ControlNet conditioning embedding computed once per frame), each in its own process; the
+warm-up time (torch.compile's compilation) is reported apart.
 """
 import argparse
 import json
@@ -33,6 +37,17 @@ CONFIGS = {
     "c": "sdvideo",
     "d": "sdvideo + copy at N/2",
     "e": "sdvideo + keyframes K=8, s=0.3",
+}
+# Speed options of sdvideo (models.ModelSpec fields, plus the dtype), measured with --options.
+OPTIONS = {
+    "defaults": {},
+    "recompute control embedding": {"reuse_control_embedding": False},
+    "attention classic": {"attention": "classic"},
+    "attention xformers": {"attention": "xformers"},
+    "channels-last": {"channels_last": True},
+    "compile": {"compile": True},
+    "bf16": {"dtype": "bf16"},
+    "fp16": {"dtype": "fp16"},
 }
 # UNet / ControlNet / VAE layouts. "full" is SD 2.1 (base): 865M UNet, 1024-d OpenCLIP-H text.
 ARCHS = {
@@ -104,14 +119,20 @@ def run_config(name, args):
     import torch
     from PIL import Image
 
+    import models
     import pipeline
     import techniques
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    option = dict(OPTIONS[args.option]) if args.option else {}
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
     pipe = build_pipeline(args.arch, args.device, dtype)
+    if name in "cde":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
+        models.apply_speed_options(pipe, models.ModelSpec(**option))
     maps = demo_pose_maps(args.frames, args.height, args.width)
-    evals = {"unet": 0, "controlnet": 0}
-    for model, key in ((pipe.unet, "unet"), (pipe.controlnet, "controlnet")):
+    evals = {"unet": 0, "controlnet": 0, "embedding": 0}
+    embedding = pipe.controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
+    counted = ((pipe.unet, "unet"), (pipe.controlnet, "controlnet"), (getattr(embedding, "inner", embedding), "embedding"))
+    for model, key in counted:
         model.register_forward_pre_hook(lambda m, a, kw, key=key: evals.__setitem__(
             key, evals[key] + (a[0] if a else kw["sample"]).shape[0]), with_kwargs=True)
     prompt, negative = "a golfer on a sunny course", "blurry"
@@ -145,8 +166,10 @@ def run_config(name, args):
             return diffusers_call(ids, steps)
         return sdvideo_call(ids, steps)
 
-    work(range(min(2, args.frames)), 2)  # warm-up: kernels, allocator, lazy initialisation
-    evals.update(unet=0, controlnet=0)
+    start = time.perf_counter()
+    work(range(min(2, args.frames)), 2)  # warm-up: kernels, allocator, lazy initialisation, compilation
+    warm_up = time.perf_counter() - start
+    evals.update(unet=0, controlnet=0, embedding=0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     synchronize(args.device)
@@ -158,10 +181,12 @@ def run_config(name, args):
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if args.save_frames:
         np.save(args.save_frames, frames)
-    return {"config": name, "seconds": seconds, "seconds_per_frame": seconds / args.frames,
+    return {"config": name, "option": args.option, "warm_up_seconds": warm_up, "seconds": seconds,
+            "seconds_per_frame": seconds / args.frames,
             "unet_evals_per_frame": evals["unet"] / args.frames,
             "controlnet_evals_per_frame": evals["controlnet"] / args.frames, "peak_bytes": peak,
-            "unet_evals": evals["unet"], "controlnet_evals": evals["controlnet"]}
+            "unet_evals": evals["unet"], "controlnet_evals": evals["controlnet"],
+            "control_embeddings": evals["embedding"]}
 
 
 def unit_flops(args):
@@ -181,6 +206,7 @@ def unit_flops(args):
         for key, fn in (("unet", lambda: pipe.unet(sample, 500, encoder_hidden_states=context)),
                         ("controlnet", lambda: pipe.controlnet(sample, 500, encoder_hidden_states=context,
                                                                controlnet_cond=hint)),
+                        ("control_embedding", lambda: pipe.controlnet.controlnet_cond_embedding(hint)),
                         ("vae_decode", lambda: pipe.vae.decode(sample)),
                         ("vae_encode", lambda: pipe.vae.encode(image))):
             with FlopCounterMode(display=False) as counter:
@@ -234,13 +260,10 @@ def memory_scaling(args):
     counts = [int(n) for n in args.memory_frames.split(",")]
     peaks = {}
     for count in counts:
-        argv = [a for a in sys.argv[1:]]
-        command = [sys.executable, __file__, *argv, "--frames", str(count), "--only", "c", "--device", args.device]
-        output = subprocess.run(command, capture_output=True, text=True)
-        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"{count} frames failed:\n{output.stderr[-3000:]}")
-        peaks[count] = json.loads(line[0][7:])["peak_bytes"]
+        result, error = run_subprocess(args, "c", ["--frames", str(count)])
+        if result is None:
+            sys.exit(f"{count} frames failed: {error}")
+        peaks[count] = result["peak_bytes"]
         print(f"{count} frames: peak {peaks[count] / 2 ** 30:.3f} GiB", flush=True)
     first = peaks[counts[0]]
     table = (f"machine: {machine_name(args.device)}; {time.strftime('%Y-%m-%d')}\n\n"
@@ -249,6 +272,52 @@ def memory_scaling(args):
              f"{'GPU memory allocated' if args.device.startswith('cuda') else 'resident memory of the process'}.\n\n"
              "| frames | peak memory (GiB) | ratio to the first |\n|---|---|---|\n"
              + "".join(f"| {n} | {p / 2 ** 30:.3f} | {p / first:.3f} |\n" for n, p in peaks.items()))
+    print("\n" + table)
+    if args.out:
+        with open(args.out + ".md", "w") as f:
+            f.write(table)
+
+
+def run_subprocess(args, name, extra):
+    """One configuration in a fresh process -> its result dict, or (None, the error's last line)."""
+    argv = [a for a in sys.argv[1:] if a != "--options"]
+    command = [sys.executable, __file__, *argv, "--only", name, "--device", args.device, *extra]
+    output = subprocess.run(command, capture_output=True, text=True)
+    line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        last = (output.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, last.split("UserError: ")[-1]  # the exception's line, without its type
+    return json.loads(line[0][7:]), None
+
+
+def speed_options(args):
+    """Time sdvideo (c) under each speed option, each in its own process, against its defaults."""
+    import numpy as np
+
+    rows, reference = [], None
+    for index, option in enumerate(OPTIONS):
+        path = f"/tmp/bench-option-{index}.npy"
+        result, error = run_subprocess(args, "c", ["--option", option, "--save-frames", path])
+        if result is None:
+            print(f"{option}: failed ({error})", flush=True)
+            rows.append(f"| {option} | - | - | - | - | failed: {error[:120]} |")
+            continue
+        frames = np.load(path).astype(int)
+        reference = reference or (result, frames)
+        ratio = reference[0]["seconds_per_frame"] / result["seconds_per_frame"]
+        difference = int(np.abs(frames - reference[1]).max())
+        print(f"{option}: {result['seconds_per_frame']:.3f} s/frame", flush=True)
+        rows.append(f"| {option} | {result['seconds_per_frame']:.3f} | {ratio:.2f}x | {result['warm_up_seconds']:.1f} | "
+                    f"{result['peak_bytes'] / 2 ** 30:.2f} | {difference}/255 |")
+    table = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
+             f"{time.strftime('%Y-%m-%d')}\n\n"
+             f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: sdvideo (c), {args.arch} architecture, "
+             f"{args.dtype} unless the option says otherwise, {args.width}x{args.height}, {args.frames} frames, "
+             f"{args.steps} DDIM steps, guidance {args.guidance}, batch {args.batch_size}. Speed-up is against the "
+             "first row (sdvideo's defaults); warm-up is the untimed 2-frame, 2-step run before (compilation "
+             "included); pixel difference against the first row's frames.\n\n"
+             "| option | s / frame | speed-up | warm-up (s) | peak memory (GiB) | max pixel difference |\n"
+             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print("\n" + table)
     if args.out:
         with open(args.out + ".md", "w") as f:
@@ -270,6 +339,9 @@ def main():
     parser.add_argument("--out", default=None, help="write the markdown table and JSON here (prefix)")
     parser.add_argument("--memory-frames", default=None,
                         help="instead: peak memory of sdvideo (c) at these clip lengths, e.g. 16,256")
+    parser.add_argument("--options", action="store_true",
+                        help="instead: sdvideo (c) under each speed option against its defaults")
+    parser.add_argument("--option", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-frames", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,15 +358,13 @@ def main():
 
     if args.memory_frames:
         return memory_scaling(args)
+    if args.options:
+        return speed_options(args)
     results, frames = {}, {}
     for name in args.configs:
-        command = [sys.executable, __file__, *sys.argv[1:], "--only", name,
-                   "--save-frames", f"/tmp/bench-frames-{name}.npy", "--device", args.device]
-        output = subprocess.run(command, capture_output=True, text=True)
-        line = [x for x in output.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            sys.exit(f"configuration {name} failed:\n{output.stderr[-3000:]}")
-        results[name] = json.loads(line[0][7:])
+        results[name], error = run_subprocess(args, name, ["--save-frames", f"/tmp/bench-frames-{name}.npy"])
+        if error:
+            sys.exit(f"configuration {name} failed: {error}")
         frames[name] = np.load(f"/tmp/bench-frames-{name}.npy")
         print(f"{name}: {results[name]['seconds_per_frame']:.3f} s/frame", flush=True)
     flops, peak = unit_flops(args), machine_peak(args)
@@ -302,7 +372,9 @@ def main():
     base = results.get("a", {}).get("seconds_per_frame")
     rows = []
     for name, r in results.items():
-        total = (r["unet_evals"] * flops["unet"] + r["controlnet_evals"] * flops["controlnet"]
+        # a ControlNet evaluation includes its pose-map embedding, which sdvideo computes once per frame
+        total = (r["unet_evals"] * flops["unet"] + r["controlnet_evals"] * (flops["controlnet"] - flops["control_embedding"])
+                 + r["control_embeddings"] * flops["control_embedding"]
                  + args.frames * flops["vae_decode"] + (args.frames * flops["vae_encode"] if name == "e" else 0))
         r["tflop_per_frame"] = total / args.frames / 1e12
         r["fraction_of_peak"] = total / r["seconds"] / peak
@@ -321,7 +393,9 @@ def main():
               f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: {args.arch} architecture (UNet "
               f"{flops['parameters_unet'] / 1e6:.0f}M, ControlNet {flops['parameters_controlnet'] / 1e6:.0f}M parameters), "
               f"{args.dtype}, {args.width}x{args.height}, {args.frames} frames, {args.steps} DDIM steps, guidance "
-              f"{args.guidance}, sdvideo batch {args.batch_size}; measured matmul peak {peak / 1e12:.2f} TFLOP/s.\n\n"
+              f"{args.guidance}, sdvideo batch {args.batch_size}; measured matmul peak {peak / 1e12:.2f} TFLOP/s. "
+              "FLOPs: each model's count for one evaluation times the evaluations made, ControlNet's pose-map "
+              "embedding counted each time it is computed. The bound counts skipped frame-steps only.\n\n"
               "| configuration | s / frame | UNet evals / frame | peak memory (GiB) | TFLOP / frame | of peak | "
               "speed-up vs (a) | bound |\n|---|---|---|---|---|---|---|---|\n")
     footer = ""
