@@ -47,6 +47,7 @@ SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_lin
 TINY_SEED = 0
 TINY_TEXT_DIM = 32
 TINY_MAX_TOKENS = 77
+POSE_GAIN = 10.0  # the tiny ControlNet's pose features against its latent features
 
 
 @dataclass
@@ -245,6 +246,20 @@ def build_tiny_tokenizer():
         return CLIPTokenizer.from_pretrained(folder, model_max_length=TINY_MAX_TOKENS)
 
 
+def _make_pose_matter(controlnet):
+    """Untrained, a ControlNet ignores its pose: its output convolutions start at zero (training
+    starts from the plain UNet) and, at toy width, default init shrinks the pose signal ~1e4-fold
+    through the eight-layer hint encoder. He init there (times POSE_GAIN at its output) and default
+    init on the zero convolutions make the tiny model's frames depend on their poses."""
+    for module in controlnet.controlnet_cond_embedding.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
+    for module in (controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks):
+        module.reset_parameters()
+    controlnet.controlnet_cond_embedding.conv_out.weight.data.mul_(POSE_GAIN)
+
+
 def build_tiny_pipeline(prediction_type="epsilon"):
     """A deterministic random-weight SD + ControlNet with SD's layout, at toy width.
 
@@ -260,6 +275,7 @@ def build_tiny_pipeline(prediction_type="epsilon"):
         unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4,
                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **blocks)
         controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(4, 8, 8, 16), **blocks)
+        _make_pose_matter(controlnet)
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                             block_out_channels=(8, 8, 16, 16), norm_num_groups=4,
                             down_block_types=("DownEncoderBlock2D",) * 4,

@@ -21,6 +21,20 @@ def test_tiny_model_is_deterministic_and_sd_shaped():
     assert len(ids) == 77 and ids[0] == a.tokenizer.bos_token_id
 
 
+def test_tiny_model_frames_follow_their_poses(tiny_pipe, pose_maps):
+    # an untrained ControlNet would ignore its pose (zero output convolutions): the tiny one must not
+    import numpy as np
+
+    import pipeline
+
+    config = pipeline.GenerationConfig(prompt="a golfer", steps=4, batch_size=4, noise="fixed")
+    maps = np.concatenate([pose_maps, pose_maps[:1]])  # frames 0 and 3 share a pose, 1 and 2 differ
+    latents, _ = pipeline.denoise(tiny_pipe, maps, config, progress=False)
+    frames = np.stack(list(pipeline.decode(tiny_pipe, latents, 4, progress=False))).astype(int)
+    assert np.abs(frames[3] - frames[0]).max() <= 1  # same noise, same pose: same picture
+    assert np.abs(frames[1] - frames[0]).mean() > 1.0 and np.abs(frames[2] - frames[0]).mean() > 1.0
+
+
 def test_building_the_tiny_model_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
