@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -7,6 +8,7 @@ from safetensors.torch import save_file
 
 import convert_original_controlnet_to_diffusers as converter
 import models
+import pipeline
 from errors import UserError
 from test_convert import config_path, outputs, reference  # noqa: F401  (fixtures)
 
@@ -23,10 +25,6 @@ def test_tiny_model_is_deterministic_and_sd_shaped():
 
 def test_tiny_model_frames_follow_their_poses(tiny_pipe, pose_maps):
     # an untrained ControlNet would ignore its pose (zero output convolutions): the tiny one must not
-    import numpy as np
-
-    import pipeline
-
     config = pipeline.GenerationConfig(prompt="a golfer", steps=4, batch_size=4, noise="fixed")
     maps = np.concatenate([pose_maps, pose_maps[:1]])  # frames 0 and 3 share a pose, 1 and 2 differ
     latents, _ = pipeline.denoise(tiny_pipe, maps, config, progress=False)
