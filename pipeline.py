@@ -150,16 +150,21 @@ class ReusedControlEmbedding(torch.nn.Module):
         return embeds.repeat(cond.shape[0] // len(frames), 1, 1, 1)
 
 
+def _controlnet(pipe):
+    """The pipeline's ControlNet module itself, also under torch.compile."""
+    return getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
+
+
 def reuse_control_embedding(pipe, budget=CONTROL_CACHE_BYTES):
-    """Install ReusedControlEmbedding in the pipeline's ControlNet (under torch.compile too)."""
-    controlnet = getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
-    if not isinstance(controlnet.controlnet_cond_embedding, ReusedControlEmbedding):
+    """Install ReusedControlEmbedding in the pipeline's ControlNet (once)."""
+    if control_embedding_cache(pipe) is None:
+        controlnet = _controlnet(pipe)
         controlnet.controlnet_cond_embedding = ReusedControlEmbedding(controlnet.controlnet_cond_embedding, budget)
 
 
 def control_embedding_cache(pipe):
     """The pipeline's ReusedControlEmbedding, or None where it is not installed."""
-    module = getattr(getattr(pipe.controlnet, "_orig_mod", pipe.controlnet), "controlnet_cond_embedding", None)
+    module = getattr(_controlnet(pipe), "controlnet_cond_embedding", None)
     return module if isinstance(module, ReusedControlEmbedding) else None
 
 
