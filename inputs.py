@@ -32,13 +32,14 @@ class Clip:
 def extracted_clip(args):
     """Poses detected on the video's selected frames at the working size, cached by video and settings."""
     settings = pose_extract.cleanup_settings(args)
+    backend = pose_extract.resolve_backend(args.pose_backend, args.annotator_path)
     width, height, source_fps, _ = video_io.probe_video(args.video)
     indices, fps = video_io.select_frames(video_io.count_frames(args.video), source_fps, args.start,
                                           args.max_frames, args.stride, args.fps)
     if not indices:
         raise UserError(f"no frames selected from {args.video}; lower --start")
     frames = video_io.read_video(args.video, indices, args.width, args.height, args.fit)
-    key = json.dumps([models.file_hash(args.video), indices, args.width, args.height, args.fit, args.pose_backend,
+    key = json.dumps([models.file_hash(args.video), indices, args.width, args.height, args.fit, backend,
                       args.annotator_path, vars(settings)], sort_keys=True)
     cached = os.path.join(models.cache_dir(), "poses", hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
     if os.path.isfile(cached):
@@ -46,10 +47,11 @@ def extracted_clip(args):
         sequence = pose_extract.read_poses(cached)
         kept = sequence.kept
     else:
-        detector = pose_extract.make_detector(args.pose_backend, args.annotator_path, models.pick_device(args.device).type)
+        detector = pose_extract.make_detector(backend, args.annotator_path, models.pick_device(args.device).type)
         sequence, kept = pose_extract.extract_sequence(frames, detector, fps, settings, progress=not args.quiet)
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         pose_extract.write_poses(cached, sequence)
+    sequence.keypoints = pose_extract.inside_canvas(sequence.keypoints, args.width, args.height)
     frames = [frames[k] for k in kept]
     pose_maps = np.stack([pose_extract.draw_pose_frame(sequence, i, args.height, args.width, args.draw_hands_face)
                           for i in range(len(kept))])
@@ -94,6 +96,7 @@ def load_clip(args):
     else:
         fit = video_io.fit_params(*canvas, args.width, args.height, args.fit)
         keypoints = pose_extract.fit_keypoints(sequence.keypoints[indices], fit.scale, (fit.offset_x, fit.offset_y))
+        keypoints = pose_extract.inside_canvas(keypoints, args.width, args.height)
         pose_maps = np.stack([pose_extract.draw_openpose(k, args.height, args.width) for k in keypoints])
         empty = [i for i, k in enumerate(keypoints) if not (k[:, 2] > 0).any()]
         if empty:

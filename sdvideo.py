@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import platform
+import shlex
+import signal
 import sys
 import time
 
@@ -31,9 +33,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEMO_POSES = os.path.join(HERE, "demo", "golf_swing.json")
 DEFAULT_PROMPT = "a golfer swinging a club on a sunny golf course, photorealistic, detailed"
 DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"
+TOY_PROMPT = "a golfer in a red shirt and black trousers, on a golf course"
+DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_CONTROLNET = "thibaud/controlnet-sd21-openpose-diffusers"
+# What --height/--width, --prompt and --negative-prompt default to, per --model (None: real weights).
+# The toy model knows only its training prompts' words and was trained with "" as the
+# unconditional prompt; it draws 64 px pictures.
+MODEL_DEFAULTS = {
+    None: dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
+    "tiny": dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
+    "toy": dict(height=64, width=64, prompt=TOY_PROMPT, negative_prompt=""),
+}
 SIZE_MULTIPLE = 8
+MAX_SIDE = 2048  # SD 2.1 was trained at 512/768; 2048 px already needs --vae-tiling and a large GPU
+MAX_FPS = 240.0
 MAX_CONTROLNET_SCALE = 5.0
 NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
+MULTISTEP = ("dpm++", "unipc")  # schedulers that keep the model outputs of earlier steps
 
 
 def batch_size_arg(value):
@@ -41,13 +57,23 @@ def batch_size_arg(value):
     if value == "auto":
         return 0
     try:
-        return int(value)
+        size = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'auto'), got {size}")
+    return size
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2, as every sdvideo error."""
+
+    def error(self, message):
+        self.exit(2, f"sdvideo: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sdvideo.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Pose-controlled video generation with SD + ControlNet-OpenPose, zero-shot. "
                     "With no --video/--poses it runs the bundled golf-swing demo poses.")
@@ -61,17 +87,21 @@ def build_parser():
     inp.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     inp.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
     inp.add_argument("--fps", type=float, default=None, help="resample to this frame rate (instead of --stride)")
-    inp.add_argument("--height", type=int, default=512, help="output height, rounded to a multiple of 8")
-    inp.add_argument("--width", type=int, default=512, help="output width, rounded to a multiple of 8")
+    inp.add_argument("--height", type=int, default=None,
+                     help="output height, rounded to a multiple of 8 (default: 512; 64 with --model toy)")
+    inp.add_argument("--width", type=int, default=None,
+                     help="output width, rounded to a multiple of 8 (default: 512; 64 with --model toy)")
     inp.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep aspect by centre crop or padding")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("tiny",), default=None,
-                       help="'tiny': built-in random-weight SD+ControlNet (noise pictures; for demo and tests)")
-    model.add_argument("--base", default="stabilityai/stable-diffusion-2-1-base",
-                       help="SD 1.x/2.x diffusers folder or hub id")
-    model.add_argument("--controlnet", default="thibaud/controlnet-sd21-openpose-diffusers",
-                       help="ControlNet diffusers folder, hub id, or original .ckpt/.safetensors")
+    model.add_argument("--model", choices=tuple(k for k in MODEL_DEFAULTS if k), default=None,
+                       help="a built-in model instead of --base/--controlnet: 'toy', the trained toy world "
+                            "(64 px figures, toy_model/); 'tiny', random weights (noise pictures; for tests)")
+    model.add_argument("--base", default=None,
+                       help=f"SD 1.x/2.x diffusers folder or hub id (default: {DEFAULT_BASE})")
+    model.add_argument("--controlnet", default=None,
+                       help=f"ControlNet diffusers folder, hub id, or original .ckpt/.safetensors "
+                            f"(default: {DEFAULT_CONTROLNET})")
     model.add_argument("--controlnet-config", default=os.path.join(HERE, "cldm_v21.yaml"),
                        help="original config used to convert a .ckpt/.safetensors --controlnet")
     model.add_argument("--scheduler", choices=("ddim", "dpm++", "euler", "euler-a", "unipc"), default="ddim",
@@ -82,8 +112,10 @@ def build_parser():
                        help="never contact the hub (HF_HUB_OFFLINE=1 does the same)")
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt for every frame")
-    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE, help="negative prompt")
+    gen.add_argument("--prompt", default=None,
+                     help=f"text prompt for every frame (default: '{DEFAULT_PROMPT}'; with --model toy: '{TOY_PROMPT}')")
+    gen.add_argument("--negative-prompt", default=None,
+                     help=f"negative prompt (default: '{DEFAULT_NEGATIVE}'; with --model toy: none)")
     gen.add_argument("--steps", type=int, default=20, help="denoising steps")
     gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)")
     gen.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale")
@@ -162,20 +194,33 @@ def build_parser():
 
 # ---- 1. validate ------------------------------------------------------------------------------
 
+def apply_model_defaults(args):
+    """Fill the defaults that depend on --model; a built-in model with --base/--controlnet is refused."""
+    if args.model and (args.base or args.controlnet):
+        raise UserError(f"--model {args.model} is a built-in model: drop --base/--controlnet, or drop --model "
+                        "to load those weights")
+    if not args.model:
+        args.base, args.controlnet = args.base or DEFAULT_BASE, args.controlnet or DEFAULT_CONTROLNET
+    for name, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def validate(args):
     """Check every argument a user can get wrong; round sizes. Raises UserError."""
+    apply_model_defaults(args)
     checks = [
         (args.steps >= 1, "--steps must be at least 1"),
         (args.guidance >= 0, "--guidance must be >= 0"),
         (0 <= args.controlnet_scale <= MAX_CONTROLNET_SCALE, f"--controlnet-scale must be in [0, {MAX_CONTROLNET_SCALE}]"),
         (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
         (args.eta >= 0, "--eta must be >= 0"),
-        (args.height > 0 and args.width > 0, "--height and --width must be positive"),
-        (args.batch_size >= 0, "--batch-size must be at least 1 (or auto)"),
+        (0 < args.height <= MAX_SIDE and 0 < args.width <= MAX_SIDE,
+         f"--height and --width must be in 1..{MAX_SIDE} pixels"),
         (args.start >= 0, "--start must be >= 0 seconds"),
         (args.max_frames is None or args.max_frames >= 1, "--max-frames must be at least 1"),
         (args.stride >= 1, "--stride must be at least 1"),
-        (args.fps is None or args.fps > 0, "--fps must be positive"),
+        (args.fps is None or 0 < args.fps <= MAX_FPS, f"--fps must be in (0, {MAX_FPS:g}]"),
         (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
         (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
     ]
@@ -193,6 +238,14 @@ def validate(args):
         (not ((args.diff_steps or args.mode == "keyframe") and args.video is None and args.residuals is None),
          "latent differences and --mode keyframe need --video or --residuals (a --save-residuals file)"),
         (args.residuals is None or os.path.isfile(args.residuals), f"--residuals file not found: {args.residuals}"),
+        (not (args.copy_step is not None and args.copy_from == "previous" and args.scheduler in MULTISTEP),
+         f"--copy-from previous cannot run with --scheduler {args.scheduler}: a multistep solver keeps each frame's "
+         "history, which a frame given its predecessor's latent does not have; use --scheduler ddim, euler or "
+         "euler-a, or --copy-from anchor"),
+        (not args.save_residuals or os.path.isdir(os.path.dirname(os.path.abspath(args.save_residuals))),
+         f"--save-residuals {args.save_residuals}: its folder does not exist; create it or choose another path"),
+        (not args.save_residuals or not os.path.exists(args.save_residuals) or args.overwrite,
+         f"--save-residuals {args.save_residuals} exists; pass --overwrite to replace it or choose another path"),
     ]
     for ok, message in checks:
         if not ok:
@@ -336,17 +389,34 @@ CHECKPOINT = "latents.safetensors"  # the clean latents of an unfinished run, fo
 
 
 def resume_settings(args):
-    """The arguments that decide a run's result (what --resume must find unchanged)."""
-    return {k: v for k, v in vars(args).items() if k not in ("out", "overwrite", "resume", "quiet")}
+    """What decides a run's result, which --resume must find unchanged: the arguments and the
+    contents (not the names) of the input files."""
+    import models
+
+    def content(path):
+        if os.path.isdir(path):
+            return {name: content(os.path.join(path, name)) for name in sorted(os.listdir(path))}
+        return models.file_hash(path) if os.path.isfile(path) else None
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite", "resume", "quiet")}
+    settings["input_contents"] = {k: content(getattr(args, k)) for k in ("video", "poses", "residuals")
+                                  if getattr(args, k)}
+    return settings
 
 
 def save_checkpoint(run, latents, stats):
     from safetensors.torch import save_file
 
-    tmp = run.path(CHECKPOINT + ".tmp")
-    save_file({"latents": latents.float().cpu().contiguous()}, tmp,
-              metadata={"unet_evals": str(stats.unet_evals), "controlnet_evals": str(stats.controlnet_evals)})
-    os.replace(tmp, run.path(CHECKPOINT))
+    from safetensors import SafetensorError
+
+    import outputs
+
+    try:
+        with outputs.atomic_path(run.path(CHECKPOINT)) as tmp:
+            save_file({"latents": latents.float().cpu().contiguous()}, tmp,
+                      metadata={"unet_evals": str(stats.unet_evals), "controlnet_evals": str(stats.controlnet_evals)})
+    except SafetensorError as error:  # its I/O failures (disk full, size limit) are OSErrors to the caller
+        raise OSError(str(error).rsplit(": ", 1)[-1]) from None
 
 
 def load_checkpoint(run):
@@ -402,6 +472,19 @@ def write_frames(run, frames, clip):
         video.close()
 
 
+def reset_peak_memory():
+    """Start this run's peak-memory count afresh (a sweep runs many in one process)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the process's peak since its start is the best there is
+
+
 def peak_memory_gib(pipe):
     """Peak GPU memory allocated by torch, or the process's peak resident memory on a CPU."""
     import resource
@@ -411,7 +494,12 @@ def peak_memory_gib(pipe):
     device = pipe._execution_device
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2 ** 20  # KiB
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2 ** 30 if sys.platform == "darwin" else peak / 2 ** 20  # macOS: bytes; Linux: KiB
 
 
 def versions():
@@ -423,8 +511,8 @@ def versions():
             "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
-def run(args):
-    """Steps 2-6 of main, for validated args."""
+def run(args, command):
+    """Steps 2-6 of main, for validated args; command: the shell command that reproduces the run."""
     import torch
 
     import inputs
@@ -434,66 +522,78 @@ def run(args):
 
     timings = {}
     started = time.perf_counter()
+    reset_peak_memory()
     run_folder = outputs.RunFolder(args.out, args.overwrite, args.resume, resume_settings(args))
-    # 2. poses and source frames (all reading happens before anything is written)
-    clip = inputs.load_clip(args)
-    timings["inputs_s"] = time.perf_counter() - started
-    # 3. models
-    mark = time.perf_counter()
-    pipe = load_models(args)
-    timings["load_models_s"] = time.perf_counter() - mark
-    log.info("%d frames at %dx%d, %g fps, on %s (%s)", len(clip.pose_maps), args.width, args.height,
-             clip.fps, pipe._execution_device, args.dtype)
-    run_folder.create("frames", "poses")
-    for index, pose_map in enumerate(clip.pose_maps):
-        video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
-    if clip.keypoints is not None:  # the control poses at the working size (pose fidelity compares with them)
-        import pose_extract
-
-        sequence = clip.extracted or pose_extract.PoseSequence(clip.keypoints)
-        sequence.canvas_size, sequence.fps = (args.width, args.height), clip.fps
-        pose_extract.write_poses(run_folder.path("poses.json"), sequence)
-    chunk = args.batch_size or pipeline.AUTO_BATCH_CPU
-    # 4. techniques and denoising (skipped when resuming after it finished)
-    mark = time.perf_counter()
     try:
-        found, keyframes = build_techniques(args, pipe, clip)
-        checkpoint = load_checkpoint(run_folder) if args.resume else None
-        if checkpoint is None:
-            latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, keyframes,
-                                               progress=not args.quiet)
-            save_checkpoint(run_folder, latents, stats)
-        else:
-            latents, stats = checkpoint
-            log.info("resuming: denoised latents found in %s", run_folder.partial)
-        timings["denoise_s"] = time.perf_counter() - mark
-        # 5. decode and write frames and videos (frames already written are reused)
+        # 2. poses and source frames (all reading happens before anything is written)
+        clip = inputs.load_clip(args)
+        timings["inputs_s"] = time.perf_counter() - started
+        # 3. models
         mark = time.perf_counter()
-        latents = latents.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
-        write_frames(run_folder, finished_frames(run_folder, pipe, latents, chunk, not args.quiet), clip)
-    except torch.OutOfMemoryError:
-        raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
-                        f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
-    timings["decode_write_s"] = time.perf_counter() - mark
-    timings["total_s"] = time.perf_counter() - started
-    # 6. record the run and publish the folder
-    num_frames = len(clip.pose_maps)
-    run_folder.write_json("run.json", {
-        "args": vars(args), "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],
-        "seeds": {"seed": args.seed, "rule": "frame i uses torch.Generator('cpu').manual_seed(seed + i)"},
-        "techniques": {"preset": args.preset, "noise": args.noise,
-                       "noise_settings": generation_config(args).noise_settings,
-                       "hooks": technique_record(found, keyframes)},
-        "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
-                   "scheduler": type(pipe.scheduler).__name__,
-                   "prediction_type": pipe.scheduler.config.get("prediction_type")},
-        "device": str(pipe._execution_device), "versions": versions(), "timings": timings,
-        "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
-                 "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
-                 "seconds_per_frame": timings["total_s"] / num_frames, "peak_memory_gib": peak_memory_gib(pipe)},
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-    })
-    run_folder.finish(scratch=(CHECKPOINT,))
+        pipe = load_models(args)
+        timings["load_models_s"] = time.perf_counter() - mark
+        log.info("%d frames at %dx%d, %g fps, on %s (%s)", len(clip.pose_maps), args.width, args.height,
+                 clip.fps, pipe._execution_device, args.dtype)
+        run_folder.create("frames", "poses", *(("source",) if clip.source_frames is not None else ()))
+        for index, pose_map in enumerate(clip.pose_maps):
+            video_io.write_png(run_folder.path("poses", f"{index:05d}.png"), pose_map)
+        for index, frame in enumerate(clip.source_frames if clip.source_frames is not None else []):
+            video_io.write_png(run_folder.path("source", f"{index:05d}.png"), frame)  # lossless, for the metrics
+        if clip.keypoints is not None:  # the control poses at the working size (pose fidelity compares with them)
+            import pose_extract
+
+            sequence = clip.extracted or pose_extract.PoseSequence(clip.keypoints)
+            sequence.canvas_size, sequence.fps = (args.width, args.height), clip.fps
+            pose_extract.write_poses(run_folder.path("poses.json"), sequence)
+        chunk = args.batch_size or pipeline.AUTO_BATCH_CPU
+        # 4. techniques and denoising (skipped when resuming after it finished)
+        mark = time.perf_counter()
+        try:
+            found, keyframes = build_techniques(args, pipe, clip)
+            checkpoint = load_checkpoint(run_folder) if args.resume else None
+            if checkpoint is None:
+                latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, keyframes,
+                                                   progress=not args.quiet)
+                save_checkpoint(run_folder, latents, stats)
+            else:
+                latents, stats = checkpoint
+                log.info("resuming: denoised latents found in %s", run_folder.partial)
+            timings["denoise_s"] = time.perf_counter() - mark
+            # 5. decode and write frames and videos (frames already written are reused)
+            mark = time.perf_counter()
+            latents = latents.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
+            write_frames(run_folder, finished_frames(run_folder, pipe, latents, chunk, not args.quiet), clip)
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
+                            f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
+        timings["decode_write_s"] = time.perf_counter() - mark
+        timings["total_s"] = time.perf_counter() - started
+        # 6. record the run and publish the folder
+        num_frames = len(clip.pose_maps)
+        run_folder.write_json("run.json", {
+            "args": vars(args), "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],
+            "seeds": {"seed": args.seed, "rule": "frame i uses torch.Generator('cpu').manual_seed(seed + i)"},
+            "techniques": {"preset": args.preset, "noise": args.noise,
+                           "noise_settings": generation_config(args).noise_settings,
+                           "hooks": technique_record(found, keyframes)},
+            "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
+                       "scheduler": type(pipe.scheduler).__name__,
+                       "prediction_type": pipe.scheduler.config.get("prediction_type")},
+            "device": str(pipe._execution_device), "versions": versions(), "timings": timings,
+            "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
+                     "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
+                     "seconds_per_frame": timings["total_s"] / num_frames, "peak_memory_gib": peak_memory_gib(pipe)},
+            "command": command,
+        })
+        run_folder.finish(scratch=(CHECKPOINT,))
+    except OSError as error:  # disk full, file too large, read-only file system, permissions
+        if run_folder.lock is None:  # not writing yet: not a failure of the run folder
+            raise
+        run_folder.discard()
+        raise UserError(f"cannot write the run to {run_folder.partial}: {error.strerror or error}; free space or "
+                        "choose another --out (nothing of this run was kept)") from None
+    finally:
+        run_folder.release()
     log.info("wrote %s (video.mp4, side_by_side.mp4, frames/, poses/, run.json) in %.1f s",
              run_folder.out, timings["total_s"])
     return run_folder.out
@@ -511,15 +611,14 @@ def parse_args(argv=None):
 
 
 def evaluation_parser(prog):
-    parser = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
                         help="CLIP for frame and prompt consistency (folder or hub id)")
     parser.add_argument("--no-clip", action="store_true", help="skip the CLIP metrics")
     parser.add_argument("--pose-backend", default=None, choices=("openpose", "dwpose", "mediapipe"),
                         help="detector for pose fidelity (PCK@0.1); default: skip it")
     parser.add_argument("--annotator-path", default=None, help="the detector's weights folder")
-    parser.add_argument("--local-files-only", action="store_true", help="never contact the hub")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
     return parser
 
 
@@ -528,8 +627,7 @@ def evaluation_options(args):
     import metrics
     import pose_extract
 
-    local = args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1"
-    clip = None if args.no_clip else metrics.load_clip(args.clip_model, local)
+    clip = None if args.no_clip else metrics.load_clip_model(args.clip_model)
     detector = pose_extract.make_detector(args.pose_backend, args.annotator_path) if args.pose_backend else None
     return {"clip": clip, "detector": detector}
 
@@ -554,12 +652,17 @@ def sweep_main(argv):
     parser = evaluation_parser("sdvideo.py sweep")
     parser.add_argument("config", help="sweep YAML (see demo/sweep.yaml)")
     args = parser.parse_args(argv)
-    config = sweep.load_config(args.config)
+    flags = [action.dest for action in build_parser()._actions if action.dest != "help"]
+    config = sweep.load_config(args.config, flags)
     settings = config.get("evaluate") or {}
     for key, value in settings.items():  # the YAML's evaluate section, unless given on the command line
         if getattr(args, key, None) in (None, False, parser.get_default(key)):
             setattr(args, key, value)
-    sweep.run_sweep(args.config, main, evaluation_options(args))
+    rows = sweep.run_sweep(args.config, main, evaluation_options(args), flags)
+    failed = [r for r in rows or [] if r.get("error")]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} sweep runs failed ({', '.join(r['run'] for r in failed)}); "
+                        f"their errors are in {os.path.join(config['out'], 'results.md')}")
 
 
 SUBCOMMANDS = {"evaluate": evaluate_main, "sweep": sweep_main}
@@ -567,22 +670,25 @@ SUBCOMMANDS = {"evaluate": evaluate_main, "sweep": sweep_main}
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if hasattr(signal, "SIGXFSZ"):  # over a file size limit: an OSError we report, not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if argv and argv[0] in SUBCOMMANDS:
-        logging.basicConfig(level=logging.WARNING if "--quiet" in argv else logging.INFO, format="%(message)s")
-        _quiet_libraries()
+        configure_logging("--quiet" in argv)
         try:
             SUBCOMMANDS[argv[0]](argv[1:])
         except UserError as error:
             print(f"sdvideo: error: {error}", file=sys.stderr)
             return 2
         return 0
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    _quiet_libraries()
+    try:
+        args = parse_args(argv)
+    except SystemExit as done:  # --help, or a bad flag already reported in one line
+        return done.code
+    configure_logging(args.quiet)
     try:
         # 1. validate arguments
         validate(args)
-        run(args)
+        run(args, shlex.join(["python", "sdvideo.py", *argv]))
     except UserError as error:
         print(f"sdvideo: error: {error}", file=sys.stderr)
         return 2
@@ -594,14 +700,20 @@ def main(argv=None):
     return 0
 
 
-def _quiet_libraries():
-    """transformers and diffusers log advice about optional packages (torchvision) we never use."""
-    import warnings
+def configure_logging(quiet):
+    """Our messages through logging (warnings only with --quiet); the libraries' own: diffusers'
+    warnings (the CLIP 77-token truncation among them) shown, transformers' advice about optional
+    packages we never use (torchvision) not; --quiet also hides their loading bars. No global
+    warning filters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    logging.getLogger().setLevel(logging.WARNING if quiet else logging.INFO)
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error() if quiet else diffusers_logging.set_verbosity_warning()
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_progress_bar() if quiet else library.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -9,20 +9,31 @@ with the same flags is skipped, so a crashed sweep resumes by running the same c
 process then writes ``results.csv``, ``results.md`` (sorted by ``sort_by``), ``plots/*.png`` and
 ``report.html`` (the side-by-side videos inline, sortable by any metric, opens from the file system).
 """
+import contextlib
 import csv
+import difflib
 import html
+import io
 import itertools
 import json
 import logging
 import os
+import re
+import sys
+import urllib.parse
 
 from errors import UserError
 
 log = logging.getLogger(__name__)
 RUN_FLAGS = "sweep_flags.json"  # the flags a run folder was made with
 METRICS = ("warping_error", "flicker", "clip_frame_consistency", "clip_prompt_consistency", "pose_pck",
-           "seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")
-HIGHER_IS_BETTER = {"clip_frame_consistency", "clip_prompt_consistency", "pose_pck"}
+           "pose_iou", "shirt_color_accuracy", "seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")
+HIGHER_IS_BETTER = {"clip_frame_consistency", "clip_prompt_consistency", "pose_pck", "pose_iou",
+                    "shirt_color_accuracy"}
+TRADE_OFF = "trade_off.png"  # warping error against seconds per frame, a point per run
+TOP_KEYS = ("out", "sort_by", "common", "inputs", "prompts", "settings", "grid", "evaluate")
+INPUT_KEYS = ("name", "video", "poses", "residuals")
+EVALUATE_KEYS = ("no_clip", "clip_model", "pose_backend", "annotator_path")
 
 
 def to_flags(settings):
@@ -37,8 +48,53 @@ def to_flags(settings):
     return flags
 
 
-def load_config(path):
-    """The sweep YAML as a dict, checked for the keys a sweep needs."""
+def safe_name(name):
+    """A run name as a folder name: letters, digits and ._=+- only, no leading dot (so never '..')."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(name)).lstrip(".") or "run"
+
+
+def _check_keys(where, mapping, allowed):
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(map(str, allowed))}"
+            raise UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def check_config(path, config, flags=None):
+    """Types and key names of a sweep config; flags: the run flags' names (dest form), if known."""
+    def need(ok, message):
+        if not ok:
+            raise UserError(f"{path}: {message} (see demo/toy_sweep.yaml)")
+
+    need(isinstance(config, dict), "expected a mapping of keys such as 'inputs' and 'settings'")
+    _check_keys(path, config, TOP_KEYS)
+    need(isinstance(config.get("inputs"), list) and config["inputs"], "'inputs' must be a non-empty list of "
+         "{name, poses, video} mappings")
+    for source in config["inputs"]:
+        need(isinstance(source, dict), f"each input must be a mapping like {{name: swing, poses: x.json}}, not {source!r}")
+        _check_keys(f"{path}: inputs", source, INPUT_KEYS)
+    settings, grid = config.get("settings"), config.get("grid")
+    need(settings or grid, "needs 'inputs' and 'settings' or 'grid'")
+    need(settings is None or (isinstance(settings, list) and all(isinstance(x, dict) for x in settings)),
+         "'settings' must be a list of mappings like {name: copying, copy_step: 0.4}")
+    need(grid is None or (isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())),
+         "'grid' must be a mapping of flag -> list of values, like {noise: [fixed, slerp]}")
+    prompts = config.get("prompts")
+    need(prompts is None or (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)),
+         "'prompts' must be a list of strings, like [\"a golfer\"] (one prompt too)")
+    for key in ("common", "evaluate"):
+        need(config.get(key) is None or isinstance(config[key], dict), f"'{key}' must be a mapping")
+    _check_keys(f"{path}: evaluate", config.get("evaluate") or {}, EVALUATE_KEYS)
+    if flags is not None:
+        for where, mapping in [("common", config.get("common") or {}), ("grid", grid or {}),
+                               *((f"settings[{i}]", x) for i, x in enumerate(settings or []))]:
+            _check_keys(f"{path}: {where}", {k: v for k, v in mapping.items() if k != "name"}, flags)
+
+
+def load_config(path, flags=None):
+    """The sweep YAML as a dict, checked for the keys a sweep needs; flags: the names (dest form)
+    of the flags a setting may set, to refuse misspelt ones."""
     import yaml
 
     if not os.path.isfile(path):
@@ -48,8 +104,7 @@ def load_config(path):
             config = yaml.safe_load(f)
     except yaml.YAMLError as error:
         raise UserError(f"{path} is not valid YAML ({error})") from None
-    if not isinstance(config, dict) or not config.get("inputs") or not (config.get("settings") or config.get("grid")):
-        raise UserError(f"{path} needs 'inputs' and 'settings' or 'grid' (see demo/sweep.yaml)")
+    check_config(path, config, flags)
     sort_by = str(config.get("sort_by", "warping_error")).lstrip("-")
     if sort_by not in METRICS:
         raise UserError(f"{path}: sort_by must be one of {', '.join(METRICS)}")
@@ -69,8 +124,9 @@ def plan_runs(config):
     runs = []
     for source, (p, prompt), setting in itertools.product(config["inputs"], enumerate(prompts), settings):
         setting = dict(setting)
-        name = "-".join(str(part) for part in (source.get("name", "input"), f"p{p}" if len(prompts) > 1 else None,
-                                                setting.pop("name", None) or len(runs)) if part is not None)
+        name = safe_name("-".join(str(part) for part in (source.get("name", "input"), f"p{p}" if len(prompts) > 1
+                                                          else None, setting.pop("name", None) or len(runs))
+                                  if part is not None))
         paths = {k: _resolve(config["root"], v) for k, v in source.items() if k in ("video", "poses", "residuals")}
         flags = {**(config.get("common") or {}), **paths, **setting}
         if prompt is not None:
@@ -95,32 +151,70 @@ def finished(folder, flags):
         return False
 
 
-def run_sweep(config_path, generate, evaluate_options):
+class _Tee(io.TextIOBase):
+    """A stream that writes to several: a run's stderr goes on the screen and into its record."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+
+def error_path(config, name):
+    return os.path.join(config["out"], "runs", f"{name}.error")
+
+
+def _run_one(config, name, flags, generate, evaluate_options, process):
+    """One run and its metrics; a failure is recorded in runs/NAME.error (its error line) and logged."""
+    import metrics
+
+    folder = os.path.join(config["out"], "runs", name)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(_Tee(sys.stderr, captured)):
+            code = generate([*flags, "--out", folder, "--overwrite", "--quiet"])
+        if code != 0:
+            lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+            raise UserError(lines[-1] if lines else f"exit status {code}")
+        metrics.evaluate_run(folder, **evaluate_options)
+    except (UserError, Exception) as error:  # one run's failure must not end the sweep
+        if not isinstance(error, UserError):
+            log.exception("sweep run %s failed", name)
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        with open(error_path(config, name), "w", encoding="utf-8") as f:
+            f.write(message + "\n")
+        log.error("sweep run %s failed: %s", name, message)
+        return
+    with open(os.path.join(folder, RUN_FLAGS), "w", encoding="utf-8") as f:
+        json.dump({"flags": flags, "process": process}, f)
+    if os.path.exists(error_path(config, name)):
+        os.remove(error_path(config, name))
+
+
+def run_sweep(config_path, generate, evaluate_options, flags=None):
     """Run (this process's share of) a sweep, then, on the main process, write the comparison.
 
     generate(argv) -> exit code is sdvideo's main; evaluate_options: kwargs for metrics.evaluate_run
-    (clip, detector) built once per process."""
+    (clip, detector) built once per process; flags: names a setting may set (see load_config).
+    A failed run does not stop the others: its row carries its error line. -> rows (main process)."""
     import torch
     from accelerate import PartialState
 
-    import metrics
-
-    config = load_config(config_path)
+    config = load_config(config_path, flags)
     runs = plan_runs(config)
+    os.makedirs(os.path.join(config["out"], "runs"), exist_ok=True)
     # Without a GPU, accelerate only goes multi-process when asked for the CPU (gloo) backend.
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.split_between_processes(runs) as mine:
-        for name, flags in mine:
-            folder = os.path.join(config["out"], "runs", name)
-            if finished(folder, flags):
+        for name, run_flags in mine:
+            if finished(os.path.join(config["out"], "runs", name), run_flags):
                 log.info("%s: finished before, skipped", name)
                 continue
-            log.info("%s: %s", name, " ".join(flags))
-            if generate([*flags, "--out", folder, "--overwrite", "--quiet"]) != 0:
-                raise UserError(f"sweep run {name} failed (its error is above); fix it and run the sweep again")
-            metrics.evaluate_run(folder, **evaluate_options)
-            with open(os.path.join(folder, RUN_FLAGS), "w", encoding="utf-8") as f:
-                json.dump({"flags": flags, "process": state.process_index}, f)
+            log.info("%s: %s", name, " ".join(run_flags))
+            _run_one(config, name, run_flags, generate, evaluate_options, state.process_index)
     state.wait_for_everyone()
     if state.is_main_process:
         rows = collect(config, runs)
@@ -130,10 +224,17 @@ def run_sweep(config_path, generate, evaluate_options):
 
 
 def collect(config, runs):
-    """One row per run: its name, flags and metrics."""
-    rows = []
+    """One row per run: its name, flags and metrics, or its error."""
+    rows, failed = [], []
     for name, flags in runs:
         folder = os.path.join(config["out"], "runs", name)
+        if os.path.isfile(error_path(config, name)) or not os.path.isfile(os.path.join(folder, "metrics.json")):
+            error = "did not run"
+            if os.path.isfile(error_path(config, name)):
+                with open(error_path(config, name), encoding="utf-8") as f:
+                    error = f.read().strip()
+            failed.append({"run": name, "flags": " ".join(flags), "error": error})
+            continue
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
             rows.append({"run": name, "flags": " ".join(flags), **json.load(f)})
     key = str(config.get("sort_by", "warping_error"))
@@ -141,7 +242,7 @@ def collect(config, runs):
     descending = key.startswith("-") or (metric in HIGHER_IS_BETTER and not key.startswith("+"))
     present = [r for r in rows if r.get(metric) is not None]
     absent = [r for r in rows if r.get(metric) is None]
-    return sorted(present, key=lambda r: r[metric], reverse=descending) + absent
+    return sorted(present, key=lambda r: r[metric], reverse=descending) + absent + failed
 
 
 def write_results(config, rows):
@@ -150,13 +251,14 @@ def write_results(config, rows):
 
     out = config["out"]
     columns = ["run"] + [m for m in METRICS if any(r.get(m) is not None for r in rows)]
+    columns += ["error"] if any(r.get("error") for r in rows) else []
     with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns + ["flags"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n" + metrics.format_table(rows, columns) + "\n")
-    write_plots(out, rows, columns[1:])
+    write_plots(out, [r for r in rows if not r.get("error")], [c for c in columns[1:] if c != "error"])
     write_report(out, rows, columns)
     log.info("\n%s\nwrote %s/results.csv, results.md, plots/, report.html", metrics.format_table(rows, columns), out)
 
@@ -180,6 +282,36 @@ def write_plots(out, rows, columns):
         figure.tight_layout()
         figure.savefig(os.path.join(out, "plots", f"{metric}.png"), dpi=100)
         plt.close(figure)
+    if "warping_error" in columns and "seconds_per_frame" in columns:
+        plot_trade_off(os.path.join(out, "plots", TRADE_OFF), rows)
+
+
+def plot_trade_off(path, rows):
+    """Warping error against seconds per frame, a labelled point per run, coloured by pose IoU (or
+    PCK) where measured: the cost of steadiness, and whether the pose survives it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pose = next((m for m in ("pose_iou", "pose_pck") if any(r.get(m) is not None for r in rows)), None)
+    points = [r for r in rows if r.get("warping_error") is not None and r.get("seconds_per_frame") is not None]
+    figure, axis = plt.subplots(figsize=(7.0, 4.5))
+    xs, ys = [r["seconds_per_frame"] for r in points], [r["warping_error"] for r in points]
+    if pose:
+        colors = [r.get(pose) if r.get(pose) is not None else float("nan") for r in points]
+        scatter = axis.scatter(xs, ys, c=colors, cmap="viridis", vmin=0, vmax=1, s=60, edgecolors="k")
+        figure.colorbar(scatter, ax=axis, label=pose.replace("_", " ") + " (higher is better)")
+    else:
+        axis.scatter(xs, ys, color="#4477aa", s=60, edgecolors="k")
+    for r in points:
+        axis.annotate(r["run"], (r["seconds_per_frame"], r["warping_error"]), fontsize=7,
+                      xytext=(4, 3), textcoords="offset points")
+    axis.set_xlabel("seconds per frame")
+    axis.set_ylabel("warping error (lower is steadier)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 REPORT_SCRIPT = """
@@ -211,19 +343,28 @@ def write_report(out, rows, columns):
             value = row.get(c)
             shown = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
             cells.append(f'<td data-value="{html.escape(str(value if value is not None else ""))}">{html.escape(shown)}</td>')
-        video = f"runs/{row['run']}/side_by_side.mp4"
-        cells.append(f'<td><video src="{html.escape(video)}" controls muted loop playsinline preload="auto" width="384">'
-                     "</video></td>")
+        video = urllib.parse.quote(f"runs/{row['run']}/side_by_side.mp4")
+        if row.get("error"):
+            cells.append("<td>failed</td>")
+        else:
+            cells.append(f'<td><video src="{html.escape(video)}" controls muted loop playsinline preload="auto" '
+                         'width="384"></video></td>')
         cells.append(f"<td><code>{html.escape(row['flags'])}</code></td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        body.append(('<tr class="failed">' if row.get("error") else "<tr>") + "".join(cells) + "</tr>")
+    names = sorted(n for n in os.listdir(os.path.join(out, "plots")) if n.endswith(".png")) \
+        if os.path.isdir(os.path.join(out, "plots")) else []
+    names.sort(key=lambda n: n != TRADE_OFF)  # the trade-off first
+    plots = "<h2>Plots</h2>" + "".join(
+        f'<figure><img src="plots/{html.escape(n)}" alt="{html.escape(n[:-4])}"></figure>' for n in names) if names else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sdvideo sweep</title>
 <style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}} th[data-key]{{cursor:pointer;background:#eef}}
-code{{font-size:0.8em}}</style></head>
+code{{font-size:0.8em}} tr.failed{{background:#fdd}}</style></head>
 <body><h1>sdvideo sweep</h1><p>Click a column header to sort. Left: source or pose; right: generated.</p>
 <table><thead><tr>{head}<th>video</th><th>flags</th></tr></thead>
 <tbody>{"".join(body)}</tbody></table>
+{plots}
 <script>{REPORT_SCRIPT}</script></body></html>
 """
     with open(os.path.join(out, "report.html"), "w", encoding="utf-8") as f:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import latent_ops
+import outputs
 from pipeline import Technique
 
 PRESETS = {
@@ -309,7 +310,8 @@ def save_bank(path, source_latents, keypoints=None, metadata=None):
     tensors = {"source_latents": source_latents.float().cpu().contiguous()}
     if keypoints is not None:
         tensors["keypoints"] = torch.as_tensor(keypoints, dtype=torch.float32)
-    save_file(tensors, path, metadata={"sdvideo": json.dumps(metadata or {})})
+    with outputs.atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"sdvideo": json.dumps(metadata or {})})
 
 
 def load_bank(path):

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+import outputs
 from errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -133,9 +134,8 @@ def read_image_folder(path, width, height, fit):
 
 def write_png(path, image):
     """Write an (H, W, 3) uint8 image as PNG via a temporary name, so no half-written file remains."""
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, path)
+    with outputs.atomic_path(path, ".png") as tmp:
+        Image.fromarray(image).save(tmp)
 
 
 class VideoWriter:

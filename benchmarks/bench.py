@@ -20,12 +20,15 @@ ControlNet conditioning embedding computed once per frame), each in its own proc
 warm-up time (torch.compile's compilation) is reported apart.
 """
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,8 +298,10 @@ def speed_options(args):
     import numpy as np
 
     rows, reference = [], None
+    scratch = tempfile.mkdtemp(prefix="sdvideo-bench-")  # this run's own: two benchmarks never share files
+    atexit.register(shutil.rmtree, scratch, True)
     for index, option in enumerate(OPTIONS):
-        path = f"/tmp/bench-option-{index}.npy"
+        path = os.path.join(scratch, f"option-{index}.npy")
         result, error = run_subprocess(args, "c", ["--option", option, "--save-frames", path])
         if result is None:
             print(f"{option}: failed ({error})", flush=True)
@@ -345,6 +350,11 @@ def main():
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-frames", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if args.frames < 1 or args.steps < 1 or args.height < 8 or args.width < 8 or args.batch_size < 1:
+        parser.error("--frames, --steps and --batch-size must be at least 1, --height/--width at least 8")
+    if unknown or not args.configs:
+        parser.error(f"--configs takes letters of {''.join(CONFIGS)} (got {args.configs!r})")
     if args.device is None:
         import torch
 
@@ -361,11 +371,14 @@ def main():
     if args.options:
         return speed_options(args)
     results, frames = {}, {}
+    scratch = tempfile.mkdtemp(prefix="sdvideo-bench-")
+    atexit.register(shutil.rmtree, scratch, True)
     for name in args.configs:
-        results[name], error = run_subprocess(args, name, ["--save-frames", f"/tmp/bench-frames-{name}.npy"])
+        path = os.path.join(scratch, f"frames-{name}.npy")
+        results[name], error = run_subprocess(args, name, ["--save-frames", path])
         if error:
             sys.exit(f"configuration {name} failed: {error}")
-        frames[name] = np.load(f"/tmp/bench-frames-{name}.npy")
+        frames[name] = np.load(path)
         print(f"{name}: {results[name]['seconds_per_frame']:.3f} s/frame", flush=True)
     flops, peak = unit_flops(args), machine_peak(args)
     best = bounds(args)

@@ -198,3 +198,21 @@ def test_cli_failures_are_one_line_and_leave_nothing(tmp_path, config_path, caps
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
     assert not dump.exists() and os.listdir(tmp_path) == ["tiny.yaml"]
+
+
+def test_an_unwritable_dump_path_is_refused_before_converting(tmp_path, reference, config_path, capsys, monkeypatch):
+    path = str(tmp_path / "cn.safetensors")
+    save_file(reference[1], path)
+    monkeypatch.setattr(converter, "convert", lambda *a, **k: pytest.fail("converted before checking --dump_path"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path / "ro") else real_access(p, m))
+    (tmp_path / "ro").mkdir()
+    for dump, message in [(blocker, "is a file"), (blocker / "out", "is a file, not a folder"),
+                          (tmp_path / "ro" / "out", "is read-only")]:
+        assert converter.main(["--checkpoint_path", path, "--original_config_file", config_path,
+                               "--dump_path", str(dump), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["cn.safetensors", "file", "ro", "tiny.yaml"]

@@ -11,6 +11,7 @@ import models
 import pipeline
 import pose_extract
 import sdvideo
+from conftest import assert_tensors_close
 from pipeline import GenerationConfig
 
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet", "--batch-size", "16"]
@@ -91,7 +92,8 @@ def test_auto_batch_size_halves_on_out_of_memory_and_keeps_the_result(tiny_pipe,
     monkeypatch.setattr(pipeline, "predict_noise", small_memory)
     config.batch_size = 0  # auto: starts at 8 frames on a CPU
     latents, _ = pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
-    assert sizes[:2] == [3, 2] and torch.allclose(latents, expected, atol=1e-5)
+    assert sizes[:2] == [3, 2]
+    assert_tensors_close(latents, expected)
     config.batch_size = 3  # a fixed size is not changed behind the user's back
     with pytest.raises(torch.OutOfMemoryError):
         pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
@@ -104,7 +106,7 @@ def test_speed_options_keep_the_result(pose_maps, option):
     tuned = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu", **option))
     a, _ = pipeline.denoise(plain, pose_maps, config, progress=False)
     b, _ = pipeline.denoise(tuned, pose_maps, config, progress=False)
-    assert torch.allclose(a, b, atol=1e-4)
+    assert_tensors_close(b, a)
     frames_a = np.stack(list(pipeline.decode(plain, a, 3, progress=False))).astype(int)
     frames_b = np.stack(list(pipeline.decode(tuned, b, 3, progress=False))).astype(int)
     assert np.abs(frames_a - frames_b).max() <= 1
@@ -145,7 +147,7 @@ def test_control_embedding_is_computed_once_per_frame_with_the_same_result(pose_
         rows.append(counter["rows"])
     frames_per_step = 4 if cross_frame else 3  # the anchor rides along with the second chunk
     assert rows == [frames_per_step * 2 * 3, 3]  # (frames x guidance x steps) against once per frame
-    assert torch.allclose(results[0], results[1], atol=1e-6)
+    assert_tensors_close(results[1], results[0])
     assert pipeline.control_embedding_cache(reused).kept == {}  # freed when the clip is done
 
 
@@ -159,7 +161,7 @@ def test_control_embedding_budget_recomputes_what_does_not_fit(pose_maps):
     counter = embedded_rows(pipe)
     latents, _ = pipeline.generate(pipe, pose_maps, config, progress=False)
     assert counter["rows"] == 3 + 2 * 2  # step 1 embeds all three; later steps the two not kept
-    assert torch.allclose(latents, expected, atol=1e-6)
+    assert_tensors_close(latents, expected)
 
 
 def test_model_offloading_keeps_the_result(pose_maps):
@@ -171,7 +173,7 @@ def test_model_offloading_keeps_the_result(pose_maps):
     assert hasattr(offloaded.unet, "_hf_hook")
     a, _ = pipeline.generate(plain, pose_maps, config, progress=False)
     b, _ = pipeline.generate(offloaded, pose_maps, config, progress=False)
-    assert torch.allclose(a, b, atol=1e-6)
+    assert_tensors_close(b, a)
     frames = np.stack(list(pipeline.decode(offloaded, b, 3, progress=False)))
     assert frames.shape == (3, 64, 96, 3)
 
@@ -188,3 +190,17 @@ def test_sequential_offloading_is_installed():
 def test_offload_on_a_cpu_run_is_a_user_error(capsys, tmp_path):
     assert sdvideo.main([*FAST, "--device", "cpu", "--offload", "model", "--out", str(tmp_path / "run")]) == 2
     assert "drop --offload" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_a_pose_file_whose_content_changed_under_the_same_name(tmp_path, monkeypatch, capsys):
+    poses = tmp_path / "poses.json"
+    demo = pose_extract.read_poses(os.path.join(sdvideo.HERE, "demo", "golf_swing.json"))
+    pose_extract.write_poses(str(poses), pose_extract.PoseSequence(demo.keypoints[:3], demo.canvas_size, 30.0))
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        interrupt_decoding_after(patch, 1)
+        assert sdvideo.main([*FAST, "--poses", str(poses), "--out", str(out)]) == 130
+    pose_extract.write_poses(str(poses), pose_extract.PoseSequence(demo.keypoints[30:33], demo.canvas_size, 30.0))
+    assert sdvideo.main([*FAST, "--poses", str(poses), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "other settings" in err[-1] and len([e for e in err if "error" in e]) == 1

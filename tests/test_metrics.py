@@ -1,6 +1,7 @@
 """Metrics on synthetic clips with known answers, and `sdvideo.py evaluate`."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_scores_with_a_tiny_random_clip(tiny_clip):
-    model, processor = metrics.load_clip(tiny_clip, local_files_only=True)
+    model, processor = metrics.load_clip_model(tiny_clip)
     same = np.stack([texture()] * 3)
     frame_consistency, prompt_consistency = metrics.clip_scores(same, "a golfer", model, processor)
     assert frame_consistency == pytest.approx(1.0, abs=1e-5) and -1.0 <= prompt_consistency <= 1.0
@@ -92,9 +93,76 @@ def test_evaluate_writes_metrics_json_and_prints_a_table(tmp_path, tiny_clip, ca
     out = tmp_path / "run"
     assert sdvideo.main(["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--max-frames", "4",
                          "--quiet", "--out", str(out)]) == 0
-    assert sdvideo.main(["evaluate", str(out), "--clip-model", tiny_clip, "--local-files-only"]) == 0
+    assert sdvideo.main(["evaluate", str(out), "--clip-model", tiny_clip]) == 0
     table = capsys.readouterr().out
     assert "warping_error" in table and "clip_frame_consistency" in table
     result = json.loads((out / "metrics.json").read_text())
     assert result["frames"] == 4 and result["unet_evals_per_frame"] == 4 and result["peak_memory_gib"] > 0
     assert sdvideo.main(["evaluate", str(tmp_path / "nothing"), "--no-clip"]) == 2
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 4-frame tiny run with a source video, to damage in copies."""
+    from conftest import make_video
+
+    folder = tmp_path_factory.mktemp("evaluate")
+    make_video(folder / "clip.mp4", num_frames=4, height=64, width=64)
+    poses = os.path.join(sdvideo.HERE, "demo", "golf_swing.json")
+    import pose_extract
+
+    demo = pose_extract.read_poses(poses)
+    pose_extract.write_poses(str(folder / "poses.json"), pose_extract.PoseSequence(demo.keypoints[:4], (512, 512), 12.0))
+    assert sdvideo.main(["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet",
+                         "--video", str(folder / "clip.mp4"), "--poses", str(folder / "poses.json"),
+                         "--out", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_metrics_read_the_lossless_source_frames(finished_run):
+    import shutil
+
+    source = metrics.read_source(str(finished_run), 64)
+    frames = metrics.read_pngs(str(finished_run), "source")
+    assert np.array_equal(source, frames) and source.shape == (4, 64, 64, 3)
+    # the video's frames themselves, as the run read them (no second lossy encoding)
+    import video_io
+
+    decoded = video_io.read_video(str(finished_run.parent / "clip.mp4"), list(range(4)), 64, 64, "crop")
+    assert np.array_equal(source, np.stack(decoded))
+    copy = finished_run.parent / "no-side-by-side"
+    shutil.copytree(finished_run, copy)
+    os.remove(copy / "side_by_side.mp4")
+    assert sdvideo.main(["evaluate", str(copy), "--no-clip", "--quiet"]) == 0  # not needed any more
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "run.json").write_text("{not json"), "run.json is damaged"),
+    (lambda run: (run / "run.json").write_text("[]"), "not an sdvideo run record"),
+    (lambda run: [os.remove(run / "frames" / n) for n in os.listdir(run / "frames")], "has no frames/*.png"),
+    (lambda run: (run / "frames" / "00001.png").write_bytes(b"\x89PNG broken"), "00001.png is damaged"),
+    (lambda run: (run / "source" / "00002.png").write_bytes(b"nothing"), "00002.png is damaged"),
+    (lambda run: os.remove(run / "source" / "00003.png"), "4 frames but 3 source frames"),
+])
+def test_evaluate_on_a_damaged_run_is_one_line(finished_run, tmp_path, capsys, damage, message):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    damage(copy)
+    assert sdvideo.main(["evaluate", str(copy), "--no-clip"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (copy / "metrics.json").exists()
+
+
+def test_evaluate_without_clip_weights_says_so_at_once(finished_run, tmp_path):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # as a user: online mode, no network
+    env["HF_HOME"] = str(tmp_path / "hf")
+    result = subprocess.run([sys.executable, os.path.join(sdvideo.HERE, "sdvideo.py"), "evaluate", str(finished_run)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not in the Hugging Face cache" in result.stderr and "--no-clip" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -90,3 +90,24 @@ def test_controlnet_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatc
     again = models.load_pipeline(spec)
     assert len(calls) == 1 and torch.allclose(outputs(again.controlnet), reference[2], atol=1e-6)
     assert len(os.listdir(tmp_path / "cache" / "controlnets")) == 1
+
+
+def test_the_diffusers_internals_sdvideo_uses_are_there(tiny_pipe):
+    """requirements.txt pins diffusers' minor version for these; this fails loudly if they move."""
+    import inspect
+
+    import diffusers
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.pipelines.stable_diffusion import convert_from_ckpt
+
+    assert diffusers.__version__.startswith("0.42."), diffusers.__version__
+    assert isinstance(tiny_pipe._execution_device, torch.device)
+    assert list(inspect.signature(tiny_pipe.prepare_extra_step_kwargs).parameters) == ["generator", "eta"]
+    assert list(inspect.signature(tiny_pipe.encode_prompt).parameters)[:5] == [
+        "prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance", "negative_prompt"]
+    assert isinstance(tiny_pipe.controlnet.controlnet_cond_embedding, torch.nn.Module)
+    for name in ("download_controlnet_from_original_ckpt", "convert_ldm_unet_checkpoint",
+                 "create_unet_diffusers_config"):
+        assert callable(getattr(convert_from_ckpt, name)), name
+    assert list(inspect.signature(AttnProcessor2_0.__call__).parameters)[:5] == [
+        "self", "attn", "hidden_states", "encoder_hidden_states", "attention_mask"]

@@ -6,6 +6,7 @@ from PIL import Image
 
 import models
 import pipeline
+from conftest import assert_tensors_close
 from pipeline import GenerationConfig, Technique
 
 PROMPT, NEGATIVE = "a golfer", "blurry"
@@ -44,7 +45,7 @@ def test_independent_noise_equals_diffusers_per_frame_for_any_batch_size(tiny_pi
     reference = diffusers_frames(tiny_pipe, pose_maps, config)
     assert np.abs(frames / 255.0 - reference).max() <= 1 / 255
     reference_latents = diffusers_frames(tiny_pipe, pose_maps, config, output_type="latent")
-    assert torch.allclose(latents, reference_latents, atol=1e-4)
+    assert_tensors_close(latents, reference_latents)
 
 
 @pytest.mark.parametrize("scheduler, prediction", [("euler-a", "epsilon"), ("dpm++", "v_prediction"),

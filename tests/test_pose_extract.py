@@ -115,3 +115,37 @@ def test_fit_keypoints_scales_and_offsets_xy_only():
     keypoints = two_joints()
     fitted = pose_extract.fit_keypoints(keypoints, 0.5, (10, -4))
     assert np.allclose(fitted[1], (60, 46, 1.0)) and np.allclose(fitted[0], (10, -4, 0.0))
+
+
+def test_a_pose_read_back_from_its_file_draws_the_same_map(tmp_path):
+    keypoints = np.full((1, 18, 3), 1.0, np.float32)
+    keypoints[0, :, 0] = 10.99996 + 3 * np.arange(18)  # int() of the value and of its 3-decimal rounding differ
+    keypoints[0, :, 1] = 20.49999 + 2 * np.arange(18)
+    path = str(tmp_path / "poses.json")
+    write_poses(path, pose_extract.PoseSequence(keypoints, (128, 128), 30.0))
+    back = read_poses(path).keypoints
+    assert np.array_equal(back, keypoints)
+    assert np.array_equal(pose_extract.draw_openpose(back[0], 128, 128), pose_extract.draw_openpose(keypoints[0], 128, 128))
+
+
+def test_joints_outside_the_canvas_are_dropped_before_drawing_and_in_saved_poses(tmp_path):
+    from conftest import random_keypoints
+
+    import sdvideo
+
+    keypoints = random_keypoints(np.random.default_rng(4), 64, 64, 1)[0]
+    keypoints[4, :2] = (70.0, 30.0)  # right wrist beyond the right edge: the limb to it must vanish
+    missing = keypoints.copy()
+    missing[4, 2] = 0
+    assert np.array_equal(draw_openpose(keypoints, 64, 64), draw_openpose(missing, 64, 64))
+    assert pose_extract.inside_canvas(keypoints, 64, 64)[4, 2] == 0
+    wide = np.tile(keypoints, (2, 1, 1))
+    wide[:, :, 0] *= 2  # on a 128x64 canvas; a centre crop to 64x64 cuts the sides away
+    path = str(tmp_path / "wide.json")
+    write_poses(path, PoseSequence(wide, (128, 64), 10.0))
+    out = tmp_path / "run"
+    assert sdvideo.main(["--model", "tiny", "--height", "64", "--width", "64", "--steps", "1", "--quiet",
+                         "--poses", path, "--out", str(out)]) == 0
+    saved = read_poses(str(out / "poses.json")).keypoints
+    outside = (wide[..., 0] - 32 < 0) | (wide[..., 0] - 32 >= 64)
+    assert outside.any() and (saved[outside][:, 2] == 0).all() and (saved[~outside][:, 2] > 0).all()

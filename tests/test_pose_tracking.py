@@ -248,3 +248,63 @@ def test_sdvideo_extracts_poses_from_the_video_once_and_keeps_them(tmp_path, fak
     assert fake_backends["count"] == first_calls  # the second run reused the cached poses
     saved = json.loads((tmp_path / "two" / "poses.json").read_text())
     assert len(saved["frames"]) == 4 and saved["canvas_width"] == 64
+
+
+def test_pose_extract_outputs_are_checked_first_and_replaced_whole(tmp_path, fake_backends, capsys, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    make_video(video, num_frames=3, height=96, width=128)
+    base = ["--video", str(video), "--pose-backend", "dwpose"]
+    assert pose_extract.main([*base, "--out", str(tmp_path / "missing" / "poses.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err and fake_backends["count"] == 0
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(5):  # an earlier, longer render: none of it may survive an overwrite
+        (maps / f"{i:05d}.png").write_bytes(b"old")
+    (tmp_path / "poses.json").write_text("old")
+    args = [*base, "--out", str(tmp_path / "poses.json"), "--render", str(maps)]
+    assert pose_extract.main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert pose_extract.main([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert sorted(os.listdir(maps)) == ["00000.png", "00001.png", "00002.png"]
+    assert pose_extract.read_poses(str(tmp_path / "poses.json")).keypoints.shape == (3, 18, 3)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path) else real_access(p, m))
+    assert pose_extract.main([*args, "--overwrite"]) == 2  # read-only (faked: root ignores chmod)
+    err = capsys.readouterr().err.strip()
+    assert "is read-only" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(os, "access", real_access)
+    monkeypatch.setattr(pose_extract, "write_poses", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    assert pose_extract.main([*args, "--overwrite"]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []
+
+
+def test_auto_picks_the_best_installed_detector_and_names_it(monkeypatch, caplog, tmp_path):
+    import logging
+
+    installed = {"mediapipe"}
+    monkeypatch.setattr(pose_extract, "_installed", lambda name: name in installed)
+    with caplog.at_level(logging.INFO, logger="pose_extract"):
+        assert pose_extract.resolve_backend("auto") == "mediapipe"
+    assert "pose backend: mediapipe (auto" in caplog.text
+    installed |= {"rtmlib", "onnxruntime"}
+    assert pose_extract.resolve_backend("auto") == "mediapipe"  # DWPose without its weights cannot run offline
+    for name in pose_extract.DWPOSE_FILES:
+        (tmp_path / name).write_bytes(b"weights")
+    assert pose_extract.resolve_backend("auto", str(tmp_path)) == "dwpose"
+    installed.add("controlnet_aux")
+    assert pose_extract.resolve_backend("auto", str(tmp_path)) == "openpose"
+    assert pose_extract.resolve_backend("dwpose") == "dwpose"  # a named backend is taken as named
+    installed.clear()
+    with pytest.raises(UserError, match="no pose detector is installed"):
+        pose_extract.resolve_backend("auto")
+
+
+def test_a_video_alone_runs_with_the_default_backend_on_a_base_install(tmp_path, fake_backends, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    make_video(video, num_frames=3, height=96, width=128)
+    out = tmp_path / "run"  # no --pose-backend: auto finds the (faked) MediaPipe, as the real one on a base install
+    monkeypatch.setitem(sys.modules, "controlnet_aux", None)  # OpenPose not installed
+    assert sdvideo.main(["--model", "tiny", "--height", "64", "--width", "64", "--steps", "1", "--quiet",
+                         "--video", str(video), "--out", str(out)]) == 0
+    assert fake_backends["count"] == 3

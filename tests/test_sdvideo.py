@@ -93,6 +93,12 @@ def test_sizes_are_rounded_to_a_multiple_of_8(tmp_path, caplog):
     (["--control-start", "0.8", "--control-end", "0.2"], "--control-start"),
     (["--height", "-8"], "--height"),
     (["--batch-size", "-1"], "--batch-size"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1 (or 'auto')"),
+    (["--height", "4096"], "--height and --width must be in 1..2048"),
+    (["--fps", "500"], "--fps must be in (0, 240]"),
+    (["--fps", "0"], "--fps must be in (0, 240]"),
+    (["--scheduler", "nope"], "invalid choice"),
+    (["--base", "some/model"], "--model tiny is a built-in model: drop --base/--controlnet"),
     (["--max-frames", "0"], "--max-frames"),
     (["--stride", "0"], "--stride"),
     (["--fps", "10", "--stride", "2"], "not both"),
@@ -240,3 +246,136 @@ def test_residuals_of_another_size_are_refused(tmp_path, capsys):
     techniques.save_bank(bank, torch.zeros(3, 4, 8, 8))
     assert run_cli("--max-frames", "4", "--residuals", bank, "--diff-steps", "0:1", "--out", str(tmp_path / "r")) == 2
     assert "same frame count" in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_writes(tmp_path, capsys):
+    import outputs
+
+    out = tmp_path / "run"
+    first = outputs.RunFolder(str(out), False, settings={})
+    first.create("frames")
+    (tmp_path / "run.partial" / "frames" / "00000.png").write_bytes(b"the first run's frame")
+    try:
+        assert run_cli("--max-frames", "2", "--out", str(out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "being written by another run" in err and len(err.splitlines()) == 1
+        assert os.listdir(tmp_path / "run.partial" / "frames") == ["00000.png"]
+        assert (tmp_path / "run.partial" / "frames" / "00000.png").read_bytes() == b"the first run's frame"
+        assert not out.exists()
+    finally:
+        first.release()
+    assert run_cli("--max-frames", "2", "--out", str(out)) == 0  # free again once the first is done
+
+
+def test_a_run_never_replaces_a_result_published_meanwhile_without_overwrite(tmp_path):
+    import outputs
+
+    out = tmp_path / "run"
+    late = outputs.RunFolder(str(out), False, settings={})
+    late.create("frames")
+    out.mkdir()
+    (out / "video.mp4").write_bytes(b"published by another run meanwhile")
+    with pytest.raises(outputs.UserError, match="--overwrite"):
+        late.finish()
+    late.release()
+    assert (out / "video.mp4").read_bytes() == b"published by another run meanwhile"
+    assert (tmp_path / "run.partial" / "frames").is_dir()  # this run's files are kept
+
+
+def test_out_under_a_file_or_in_a_read_only_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert run_cli("--max-frames", "1", "--out", str(blocker / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a folder" in err and len(err.splitlines()) == 1
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real_access(path, mode))
+    assert run_cli("--max-frames", "1", "--out", str(tmp_path / "run")) == 2  # (root ignores chmod: access is faked)
+    assert "is read-only" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), PermissionError(13, "Permission denied")])
+def test_a_failed_write_leaves_nothing_half_written(tmp_path, capsys, monkeypatch, error):
+    calls = {"n": 0}
+    real = video_io.write_png
+
+    def fail_on_fourth(path, image):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise error
+        real(path, image)
+
+    monkeypatch.setattr(video_io, "write_png", fail_on_fourth)
+    assert run_cli("--max-frames", "3", "--out", str(tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert error.strerror in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_size_limit_ends_in_one_line_and_no_leftovers(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # as `ulimit -f 30`
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "sdvideo.py"), *FAST, "--height", "256", "--width",
+                             "256", "--max-frames", "8", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, preexec_fn=limit)
+    assert result.returncode == 2, result.stderr
+    assert "cannot write the run" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_residual_files_and_multistep_copying_are_checked_before_any_work(tmp_path, capsys):
+    existing = tmp_path / "bank.safetensors"
+    existing.write_bytes(b"an earlier bank")
+    video = ["--video", DEMO_VIDEO, "--poses", DEMO_POSES, "--max-frames", "2"]
+    cases = [
+        ([*video, "--save-residuals", str(tmp_path / "missing" / "bank.safetensors")], "its folder does not exist"),
+        ([*video, "--save-residuals", str(existing)], "exists; pass --overwrite"),
+        (["--scheduler", "dpm++", "--copy-step", "1", "--copy-from", "previous"], "--copy-from previous cannot run"),
+        (["--scheduler", "unipc", "--copy-step", "1", "--copy-from", "previous"], "use --scheduler ddim"),
+    ]
+    for flags, message in cases:
+        assert run_cli(*flags, "--out", str(tmp_path / "run")) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert existing.read_bytes() == b"an earlier bank" and sorted(os.listdir(tmp_path)) == ["bank.safetensors"]
+    assert run_cli("--scheduler", "dpm++", "--copy-step", "1", "--out", str(tmp_path / "run")) == 0  # anchor works
+
+
+def test_run_json_records_a_quoted_command_and_this_runs_own_peak_memory(tmp_path):
+    import numpy as np
+
+    big = np.ones(2 ** 28)  # 2 GiB touched, then freed: the process's all-time peak, not this run's
+    del big
+    out = tmp_path / "my run"
+    assert run_cli("--max-frames", "2", "--prompt", "a golfer's swing", "--out", str(out)) == 0
+    record = json.loads((out / "run.json").read_text())
+    import shlex
+
+    assert shlex.split(record["command"]) == ["python", "sdvideo.py", *FAST, "--max-frames", "2", "--prompt",
+                                              "a golfer's swing", "--out", str(out)]
+    assert record["models"]["base"] is None and record["models"]["controlnet"] is None  # tiny: no SD2.1 named
+    assert 0 < record["cost"]["peak_memory_gib"] < 1.9
+
+
+def test_quiet_is_silent_and_a_truncated_prompt_is_warned_once(tmp_path):
+    import warnings
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, os.path.join(ROOT, "sdvideo.py"), "--model", "tiny", "--height", "64", "--width", "64",
+            "--steps", "2", "--max-frames", "3"]
+    quiet = subprocess.run([*base, "--quiet", "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+    long_prompt = "a golfer swinging on a sunny course " * 6
+    loud = subprocess.run([*base, "--prompt", long_prompt, "--mode", "keyframe", "--keyframe-interval", "2",
+                           "--video", DEMO_VIDEO, "--poses", DEMO_POSES, "--out", str(tmp_path / "b")],
+                          capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and loud.stderr.count("truncated because CLIP can only handle") == 1  # two passes
+    before = list(warnings.filters)
+    assert run_cli("--max-frames", "1", "--out", str(tmp_path / "c")) == 0
+    assert warnings.filters == before  # no global warning filters

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_bad_sweep_configs_are_user_errors(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("inputs: []\n")
     assert sdvideo.main(["sweep", str(bad)]) == 2
-    assert "needs 'inputs'" in capsys.readouterr().err
+    assert "'inputs' must be a non-empty list" in capsys.readouterr().err
     assert sdvideo.main(["sweep", str(tmp_path / "none.yaml")]) == 2
 
 
@@ -108,8 +109,11 @@ def test_report_opens_in_a_real_browser_and_every_video_plays(config, tmp_path):
         page.goto(report.as_uri())
         page.wait_for_function("Array.from(document.querySelectorAll('video')).every(v => v.readyState >= 2)",
                                timeout=30000)
-        played = page.evaluate("""Promise.all(Array.from(document.querySelectorAll('video')).map(v =>
-            v.play().then(() => new Promise(r => setTimeout(() => r(v.currentTime > 0 && !v.error), 500)))))""")
+        page.evaluate("Promise.all(Array.from(document.querySelectorAll('video')).map(v => v.play()))")
+        # no clock in the assertion: wait (up to a generous limit) until every video has advanced
+        page.wait_for_function("Array.from(document.querySelectorAll('video')).every(v => v.currentTime > 0)",
+                               timeout=60000)
+        played = page.evaluate("Array.from(document.querySelectorAll('video')).map(v => !v.error)")
         names = "Array.from(document.querySelectorAll('tbody tr')).map(r => r.cells[0].textContent)"
         page.click("th[data-key='run']")
         ascending = page.evaluate(names)
@@ -132,3 +136,56 @@ def test_accelerate_splits_a_sweep_across_two_cpu_processes(config, tmp_path):
     assert processes == {0, 1}
     with open(tmp_path / "out" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_one_failing_run_does_not_stop_the_sweep(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out", root=ROOT).replace(
+        '{name: copying, noise: fixed, copy_step: "1"}', '{name: "broken #1?", steps: 0}').replace(
+        "grid:\n  noise: [fixed, progressive]\n", ""))
+    assert sdvideo.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 sweep runs failed (swing-broken_1_)" in err.splitlines()[-1]
+    with open(tmp_path / "out" / "results.csv") as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(table["swing-baseline"]["warping_error"]) >= 0
+    assert "--steps must be at least 1" in table["swing-broken_1_"]["error"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count("<video") == 1 and 'class="failed"' in report
+
+
+def test_run_names_become_safe_folder_names_inside_the_sweep(tmp_path):
+    config = {"root": ROOT, "inputs": [{"name": "..", "poses": "p.json"}],
+              "settings": [{"name": "../x"}, {"name": "a/b #?%c"}]}
+    assert [name for name, _ in sweep.plan_runs(config)] == ["-.._x", "-a_b_c"]
+    outside = tmp_path / "out" / "x"  # where runs/../x pointed: the sweep's --overwrite deleted it
+    outside.mkdir(parents=True)
+    (outside / "precious.txt").write_text("not a run")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(CONFIG.format(out=tmp_path / "out", root=ROOT).replace("name: baseline", "name: ../x").replace(
+        "grid:\n  noise: [fixed, progressive]\n", ""))
+    assert sdvideo.main(["sweep", str(path)]) == 0
+    assert (outside / "precious.txt").read_text() == "not a run"
+    assert sorted(os.listdir(tmp_path / "out" / "runs")) == ["swing-.._x", "swing-copying"]
+    assert 'src="runs/swing-.._x/side_by_side.mp4"' in (tmp_path / "out" / "report.html").read_text()
+    record = json.loads((tmp_path / "out" / "runs" / "swing-copying" / "run.json").read_text())
+    command = shlex.split(record["command"])  # the command that reproduces this run, not the sweep's
+    assert command[:2] == ["python", "sdvideo.py"] and "--copy-step" in command and "sweep" not in command
+    assert command[command.index("--out") + 1] == str(tmp_path / "out" / "runs" / "swing-copying")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("inputs: 5\nsettings: [{name: a}]\n", "'inputs' must be a non-empty list"),
+    ("inputs: [{poses: p.json}]\nsettings: [1, 2]\n", "'settings' must be a list of mappings"),
+    ("inputs: [{poses: p.json}]\ngrid: [noise, fixed]\n", "'grid' must be a mapping"),
+    ("inputs: [{poses: p.json}]\nsetings: [{name: a}]\n", "unknown key 'setings'; did you mean 'settings'?"),
+    ("inputs: [{poses: p.json}]\nsettings: [{name: a, copy_stp: 3}]\n", "unknown key 'copy_stp'; did you mean 'copy_step'?"),
+    ("inputs: [{poses: p.json}]\nsettings: [{name: a}]\nprompts: a golfer\n", "'prompts' must be a list of strings"),
+    ("inputs: [{posses: p.json}]\nsettings: [{name: a}]\n", "unknown key 'posses'; did you mean 'poses'?"),
+])
+def test_sweep_files_with_wrong_types_or_keys_are_one_line_errors(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert sdvideo.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

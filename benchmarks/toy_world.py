@@ -1,0 +1,209 @@
+"""The toy world's targets, measured: pose and prompt following on held-out poses, and every
+technique on the demo swing.
+
+    python benchmarks/toy_world.py       # ~10 min on 2 CPU cores
+
+Writes benchmarks/results/toy_world.{json,md}, a frame strip per technique in
+benchmarks/results/toy_strips/, the trade-off plot benchmarks/results/toy_trade_off.png, and
+the toy-world section of BENCHMARKS.md (between its markers). The technique table is
+``sdvideo.py sweep demo/toy_sweep.yaml``; its run folders stay in outputs/toy-sweep.
+
+Measured at the toy model's native size (64 px), 20 DDIM steps, guidance --guidance:
+- pose following: the figure segmented in each generated picture (toyworld.segment_figure:
+  colour distance from the prompt's nuisance-free background under the picture's own lighting)
+  against the renderer's true mask of the held-out pose, IoU;
+- prompt following: the torso's dominant vocabulary colour is the prompt's shirt colour;
+- nuisance flicker: one pose drawn with independent noise per frame, mean absolute difference
+  between the pictures (with fixed noise it is 0 by construction).
+"""
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import models  # noqa: E402
+import pipeline  # noqa: E402
+import toyworld as tw  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
+MARKERS = ("<!-- toy-world:start -->", "<!-- toy-world:end -->")
+STRIP_FRAMES = (0, 18, 28, 36, 41, 44, 50, 60)  # address, takeaway, backswing, top, downswing, impact, follow, finish
+
+
+def generate(pipe, keypoints, prompt, steps, guidance, noise="independent", seed=0):
+    """Pictures (F, 64, 64, 3) of poses (F, 18, 3) for one prompt, one frame per pose."""
+    maps = np.stack([tw_map(k) for k in keypoints])
+    config = pipeline.GenerationConfig(prompt=prompt, steps=steps, guidance=guidance, noise=noise, seed=seed,
+                                       batch_size=16)
+    latents, _ = pipeline.generate(pipe, maps, config, progress=False)
+    return np.stack(list(pipeline.decode(pipe, latents, 16, progress=False)))
+
+
+def tw_map(keypoints):
+    import pose_extract
+
+    return pose_extract.draw_openpose(keypoints, tw.SIZE, tw.SIZE)
+
+
+def following(pipe, count, steps, guidance):
+    """Pose IoU per background and shirt-colour accuracy per colour on ``count`` held-out poses per
+    (colour, background) pair; trousers take another colour of the vocabulary."""
+    poses = tw.heldout_poses(count)
+    colors = list(tw.COLORS)
+    ious, hits = {b: [] for b in tw.BACKGROUNDS}, {c: [] for c in colors}
+    for (k, shirt), background in itertools.product(enumerate(colors), tw.BACKGROUNDS):
+        trousers = colors[(k + 3) % len(colors)]
+        prompt = tw.Look(shirt, trousers, background).prompt("a person")
+        pictures = generate(pipe, poses, prompt, steps, guidance, seed=100 * k)
+        ious[background].append(tw.pose_iou(pictures, poses, prompt))
+        hits[shirt].append(tw.color_accuracy(pictures, poses, prompt))
+    return ({b: float(np.mean(v)) for b, v in ious.items()}, {c: float(np.mean(v)) for c, v in hits.items()})
+
+
+def nuisance_flicker(pipe, steps, guidance, copies=8):
+    """One held-out pose drawn ``copies`` times: mean |difference| between pictures (0-255), with
+    independent and with fixed noise."""
+    pose = np.repeat(tw.heldout_poses(1), copies, axis=0)
+    prompt = tw.Look("blue", "white", "studio").prompt("a person")
+    result = {}
+    for noise in ("independent", "fixed"):
+        pictures = generate(pipe, pose, prompt, steps, guidance, noise=noise).astype(np.float64)
+        pairs = [np.abs(a - b).mean() for a, b in itertools.combinations(pictures, 2)]
+        result[noise] = float(np.mean(pairs))
+    return result
+
+
+def run_techniques():
+    """sdvideo.py sweep demo/toy_sweep.yaml (a fresh run of every setting) -> rows and the sweep folder."""
+    import sdvideo
+    import sweep
+
+    config = sweep.load_config(SWEEP)
+    shutil.rmtree(config["out"], ignore_errors=True)
+    rows = sweep.run_sweep(SWEEP, sdvideo.main, {"clip": None, "detector": None})
+    return rows, config["out"]
+
+
+def strip(run_folder, path):
+    """A PNG of the pose maps (top) and generated frames (bottom) at STRIP_FRAMES, 2x."""
+    import cv2
+    from PIL import Image
+
+    def load(sub, i):
+        return np.asarray(Image.open(os.path.join(run_folder, sub, f"{i:05d}.png")).convert("RGB"))
+
+    picture = np.concatenate([np.concatenate([load(sub, i) for i in STRIP_FRAMES], axis=1)
+                              for sub in ("poses", "frames")], axis=0)
+    big = cv2.resize(picture, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    Image.fromarray(big).save(path)
+
+
+def table(rows, baseline):
+    lines = ["| technique | flicker | warping error | vs independent | pose IoU | shirt colour | s / frame "
+             "| UNet evals / frame | strip |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        change = row["warping_error"] / baseline - 1
+        lines.append(f"| {row['run'].removeprefix('swing-')} | {row['flicker']:.3f} | {row['warping_error']:.5f} | "
+                     f"{change:+.0%} | {row['pose_iou']:.3f} | {row['shirt_color_accuracy']:.2f} | "
+                     f"{row['seconds_per_frame']:.3f} | {row['unet_evals_per_frame']:.1f} | "
+                     f"[png](benchmarks/results/toy_strips/{row['run'].removeprefix('swing-')}.png) |")
+    return "\n".join(lines)
+
+
+def report(measured, rows, args):
+    by_name = {r["run"].removeprefix("swing-"): r for r in rows}
+    baseline, fixed = by_name["independent-noise"], by_name["fixed-noise"]
+    ious, colors, spread = measured["pose_iou"], measured["shirt_color_accuracy"], measured["nuisance_flicker"]
+    mean_iou = float(np.mean(list(ious.values())))
+    ratio_flicker = baseline["flicker"] / fixed["flicker"]
+    ratio_warp = baseline["warping_error"] / fixed["warping_error"]
+    cut = {n: 1 - by_name[n]["warping_error"] / baseline["warping_error"] for n in ("copying", "keyframes")}
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    return f"""{MARKERS[0]}
+machine: {measured['machine']}; {measured['date']}; `python benchmarks/toy_world.py` ({measured['minutes']:.1f} min)
+
+The toy model at its native 64x64, {args.steps} DDIM steps, guidance {args.guidance}. Pose and prompt
+following: {args.count} held-out poses (never seen in training) per shirt colour and background,
+independent noise. The technique table: the demo swing (64 frames, `demo/toy_sweep.yaml`), prompt
+"{rows[0]['flags'].split('--prompt ')[-1]}", source clip `demo/golf_swing_toy.mp4` (the toy world's
+rendering of the swing in another look) for the flow of the warping error and for the techniques
+that read a source.
+
+| target | measured | |
+|---|---|---|
+| pose IoU on held-out poses >= 0.6 | {mean_iou:.3f} (studio {ious['studio']:.3f}, golf course {ious['golf course']:.3f}, beach {ious['beach']:.3f}, night {ious['night']:.3f}) | {verdict(mean_iou >= 0.6)} |
+| shirt colour followed >= 90 % for every colour | {', '.join(f'{c} {v:.0%}' for c, v in colors.items())} | {verdict(min(colors.values()) >= 0.9)} |
+| one pose, independent noise: pictures differ | mean abs. difference {spread['independent']:.1f}/255 (fixed noise: {spread['fixed']:.1f}) | {verdict(spread['independent'] > 5 * max(spread['fixed'], 0.5))} |
+| swing: flicker independent / fixed >= 2 | {ratio_flicker:.2f} | {verdict(ratio_flicker >= 2)} |
+| swing: warping error independent / fixed >= 2 | {ratio_warp:.2f} | {verdict(ratio_warp >= 2)} |
+| copying cuts warping error >= 50 % vs independent, pose IoU >= 0.6 | {cut['copying']:.0%}, IoU {by_name['copying']['pose_iou']:.3f} | {verdict(cut['copying'] >= 0.5 and by_name['copying']['pose_iou'] >= 0.6)} |
+| keyframes cut warping error >= 50 % vs independent, pose IoU >= 0.6 | {cut['keyframes']:.0%}, IoU {by_name['keyframes']['pose_iou']:.3f} | {verdict(cut['keyframes'] >= 0.5 and by_name['keyframes']['pose_iou'] >= 0.6)} |
+
+Every technique on the swing, sorted by warping error (flicker: the clip's frame-to-frame change
+over the source's, 1 = moves as much as the source; warping error: colour MSE after warping by the
+source's flow; pose IoU and shirt colour: per frame, as above; seconds per frame on this machine,
+whole run incl. loading):
+
+{table(rows, baseline['warping_error'])}
+
+![trade-off](benchmarks/results/toy_trade_off.png)
+{MARKERS[1]}"""
+
+
+def write_section(text):
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    with open(path, encoding="utf-8") as f:
+        content = f.read()
+    if MARKERS[0] in content:
+        before, rest = content.split(MARKERS[0], 1)
+        content = before + text + rest.split(MARKERS[1], 1)[1]
+    else:
+        content += "\n## The toy world: what the techniques do\n\n" + text + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--count", type=int, default=8, help="held-out poses per shirt colour and background")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (the sweep file sets its own)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="guidance scale (the sweep's default too)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    pipe = models.load_pipeline(models.ModelSpec(model=models.TOY, device="cpu"))
+    ious, colors = following(pipe, args.count, args.steps, args.guidance)
+    measured = {"pose_iou": ious, "shirt_color_accuracy": colors,
+                "nuisance_flicker": nuisance_flicker(pipe, args.steps, args.guidance)}
+    rows, sweep_out = run_techniques()
+    os.makedirs(os.path.join(RESULTS, "toy_strips"), exist_ok=True)
+    for row in rows:
+        strip(os.path.join(sweep_out, "runs", row["run"]),
+              os.path.join(RESULTS, "toy_strips", row["run"].removeprefix("swing-") + ".png"))
+    shutil.copy(os.path.join(sweep_out, "plots", "trade_off.png"), os.path.join(RESULTS, "toy_trade_off.png"))
+    import torch
+
+    measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+                    date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60,
+                    techniques=rows)
+    with open(os.path.join(RESULTS, "toy_world.json"), "w", encoding="utf-8") as f:
+        json.dump(measured, f, indent=2)
+    text = report(measured, rows, args)
+    with open(os.path.join(RESULTS, "toy_world.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    write_section(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The real SD 2.1 architectures run through sdvideo, so the real path cannot rot unseen.
+
+SD2.1-base (epsilon) and SD2.1-768 (v-prediction, attention upcast to fp32) with the published
+model configs (UNet 865M, ControlNet-OpenPose 361M, OpenCLIP-H text encoder 340M, VAE 83M
+parameters) and random weights, saved as diffusers folders and loaded by ``sdvideo.py --base
+--controlnet`` on the CPU in fp32, two frames of 64x64 at two steps. Weights are random: this
+checks shapes, configs, loading and the loop, not pictures.
+"""
+import json
+import os
+
+import pytest
+import torch
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+import models
+import sdvideo
+
+# stabilityai/stable-diffusion-2-1(-base) unet/config.json and thibaud's SD2.1 OpenPose ControlNet
+BLOCKS = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+              attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+              down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",))
+TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+            max_position_embeddings=77, hidden_act="gelu", projection_dim=512)
+VARIANTS = {"sd21-base": dict(sample_size=64, prediction_type="epsilon", upcast_attention=False),
+            "sd21-768": dict(sample_size=96, prediction_type="v_prediction", upcast_attention=True)}
+
+
+def materialise(module, seed):
+    """Random weights, fast: built on the meta device, then small normal weights and zero biases
+    (default init of 1.6B parameters takes minutes on 2 cores; the values do not matter here)."""
+    generator = torch.Generator().manual_seed(seed)
+    module.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.02, generator=generator)
+            elif name.endswith("weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.zero_()
+        for buffer_name, buffer in module.named_buffers():
+            if "position_ids" in buffer_name:
+                buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
+    return module.eval()
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def real_folders(request, tmp_path_factory):
+    """(base folder, ControlNet folder) of a random-weight SD2.1 variant."""
+    variant = VARIANTS[request.param]
+    tokenizer = models.build_tiny_tokenizer()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=variant["sample_size"], upcast_attention=variant["upcast_attention"],
+                                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **BLOCKS)
+        controlnet = ControlNetModel(conditioning_embedding_out_channels=(16, 32, 96, 256),
+                                     upcast_attention=variant["upcast_attention"], **BLOCKS)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=8 * variant["sample_size"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id,
+                                                    pad_token_id=tokenizer.pad_token_id, **TEXT))
+    for seed, module in enumerate((unet, controlnet, vae, text_encoder)):
+        materialise(module, seed)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+        scheduler=DDIMScheduler(prediction_type=variant["prediction_type"], **models.SD_SCHEDULE),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    folder = tmp_path_factory.mktemp(request.param)
+    pipe.save_pretrained(str(folder / "base"))  # the ControlNet goes into base/controlnet
+    return request.param, str(folder / "base"), str(folder / "base" / "controlnet")
+
+
+def test_sdvideo_runs_the_real_architecture_on_the_cpu(real_folders, tmp_path):
+    name, base, controlnet = real_folders
+    out = tmp_path / "run"
+    assert sdvideo.main(["--base", base, "--controlnet", controlnet, "--local-files-only", "--device", "cpu",
+                         "--height", "64", "--width", "64", "--steps", "2", "--max-frames", "2", "--quiet",
+                         "--negative-prompt", "", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["models"]["prediction_type"] == VARIANTS[name]["prediction_type"]
+    assert record["cost"]["unet_evals_per_frame"] == 4 and sorted(os.listdir(out / "frames")) == ["00000.png",
+                                                                                                   "00001.png"]
+    pipe = models.load_pipeline(models.ModelSpec(base=base, controlnet=controlnet, local_files_only=True, device="cpu"))
+    assert pipe.unet.config.upcast_attention == VARIANTS[name]["upcast_attention"]
+    assert sum(p.numel() for p in pipe.unet.parameters()) > 860e6

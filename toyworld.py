@@ -1,0 +1,445 @@
+"""The toy world: a procedural renderer that draws a person from COCO-18 keypoints and a prompt.
+
+``render(keypoints, look, nuisance, size)`` draws one picture and its true figure mask;
+``render_clip(keypoints, prompt, seed, size)`` a source video of a pose sequence (one look and one
+set of nuisances for the whole clip, as a real video has). The prompt fixes the shirt and trouser
+colours and the background kind; the nuisances (background texture, lighting, skin and hair,
+cap, shadow) are fixed by neither the prompt nor the pose. A per-frame generator redraws them at
+every frame: that is the flicker the temporal techniques exist to remove. ``random_pose`` draws
+plausible bodies for training and the held-out evaluation set; ``sample`` a training example.
+"""
+import math
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SIZE = 64  # the toy model's native picture size (its VAE downsamples by 4: 16x16 latents)
+SUPERSAMPLE = 2  # drawn at 2x and area-averaged, for anti-aliased edges
+COLORS = {
+    "red": (205, 35, 35), "blue": (35, 70, 210), "green": (35, 165, 55),
+    "yellow": (240, 210, 40), "black": (25, 25, 28), "white": (242, 242, 242),
+}
+BACKGROUNDS = ("golf course", "studio", "beach", "night")
+BACKGROUND_WORDS = {"golf course": ("golf", "grass", "course"), "studio": ("studio", "wall"),
+                    "beach": ("beach", "sand", "sea"), "night": ("night", "dark")}
+SUBJECTS = ("a person", "a golfer", "a man", "a woman")
+TEXTURES = ("none", "clouds", "stripes", "grain")
+SKIN_TONES = ((238, 198, 160), (214, 160, 120), (170, 115, 80), (110, 72, 48))
+HAIR_COLORS = ((40, 28, 20), (100, 65, 30), (210, 180, 110), (150, 150, 150))
+CAP_COLORS = ((255, 140, 0), (150, 60, 200), (20, 30, 90), (255, 120, 180), (0, 150, 150))
+SHOE_COLOR = (45, 40, 38)
+# COCO-18 joints
+NOSE, NECK, R_SHO, R_ELB, R_WRI, L_SHO, L_ELB, L_WRI, R_HIP, R_KNE, R_ANK, L_HIP, L_KNE, L_ANK = range(14)
+R_EYE, L_EYE, R_EAR, L_EAR = range(14, 18)
+# Widths of body parts as fractions of the torso length (neck to mid-hip): chunky, so a figure
+# at 64 px still has limbs a few pixels wide.
+ARM_WIDTH, FOREARM_WIDTH, THIGH_WIDTH, SHIN_WIDTH = 0.30, 0.26, 0.36, 0.30
+HEAD_RADIUS, SHOULDER_PAD, HIP_PAD = 0.36, 0.12, 0.10
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a prompt fixes: shirt and trouser colour names and the background kind."""
+
+    shirt: str = "red"
+    trousers: str = "black"
+    background: str = "golf course"
+
+    def prompt(self, subject="a golfer"):
+        return f"{subject} in a {self.shirt} shirt and {self.trousers} trousers, {_place(self.background)}"
+
+
+@dataclass(frozen=True)
+class Nuisance:
+    """What neither prompt nor pose fixes; drawn at random per sample."""
+
+    texture: str = "none"
+    texture_seed: int = 0
+    light: float = 1.0  # global brightness factor
+    light_slope: float = 0.0  # left-to-right brightness change, as a fraction
+    skin: int = 0
+    hair: int = 0
+    cap: int = -1  # index into CAP_COLORS, -1: no cap
+    shadow: float = 0.0  # 0: none, else its darkness (fraction of the ground's brightness removed)
+    shadow_width: float = 1.0
+
+
+def _place(background):
+    return {"golf course": "on a golf course", "studio": "in a studio", "beach": "on a beach",
+            "night": "at night"}[background]
+
+
+def parse_prompt(prompt, default=Look()):
+    """The Look a prompt names ("a golfer in a red shirt and blue trousers on a beach"); words it
+    does not name keep ``default``'s."""
+    text = prompt.lower()
+    found = {}
+    for part, words in (("shirt", r"shirt|top|jersey"), ("trousers", r"trousers|pants|shorts")):
+        match = re.search(rf"\b({'|'.join(COLORS)})\s+(?:{words})\b", text)
+        if match:
+            found[part] = match.group(1)
+    for background, words in BACKGROUND_WORDS.items():
+        if any(re.search(rf"\b{w}\b", text) for w in words):
+            found["background"] = background
+            break
+    return Look(**{**default.__dict__, **found})
+
+
+def random_look(rng):
+    names = list(COLORS)
+    return Look(names[rng.integers(len(names))], names[rng.integers(len(names))],
+                BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+
+
+def random_nuisance(rng):
+    return Nuisance(texture=TEXTURES[rng.integers(len(TEXTURES))], texture_seed=int(rng.integers(2 ** 31)),
+                    light=float(rng.uniform(0.85, 1.15)), light_slope=float(rng.uniform(-0.12, 0.12)),
+                    skin=int(rng.integers(len(SKIN_TONES))), hair=int(rng.integers(len(HAIR_COLORS))),
+                    cap=int(rng.integers(len(CAP_COLORS))) if rng.random() < 0.5 else -1,
+                    shadow=float(rng.uniform(0.1, 0.25)) if rng.random() < 0.6 else 0.0,
+                    shadow_width=float(rng.uniform(0.7, 1.4)))
+
+
+# ---- background -------------------------------------------------------------------------------
+
+def _bands(height, width, bands):
+    """Horizontal colour bands [(until_fraction, top_rgb, bottom_rgb), ...] -> (H, W, 3) float."""
+    image = np.zeros((height, width, 3), np.float32)
+    top = 0
+    for until, color_top, color_bottom in bands:
+        bottom = int(round(until * height))
+        ramp = np.linspace(0, 1, max(1, bottom - top), dtype=np.float32)[:, None, None]
+        image[top:bottom] = (1 - ramp) * np.float32(color_top) + ramp * np.float32(color_bottom)
+        top = bottom
+    return image
+
+
+def clean_background(background, height, width):
+    """The background kind with no nuisance: (H, W, 3) float in [0, 255]; the ground starts at the
+    returned row fraction."""
+    if background == "golf course":
+        return _bands(height, width, [(0.55, (120, 180, 235), (175, 212, 242)), (1.0, (85, 160, 65), (60, 135, 45))]), 0.55
+    if background == "studio":
+        return _bands(height, width, [(0.8, (132, 132, 136), (124, 124, 128)), (1.0, (104, 104, 110), (96, 96, 102))]), 0.8
+    if background == "beach":
+        return _bands(height, width, [(0.4, (140, 195, 240), (180, 215, 245)), (0.55, (30, 100, 165), (45, 125, 180)),
+                                      (1.0, (228, 205, 155), (215, 190, 140))]), 0.55
+    return _bands(height, width, [(0.7, (10, 14, 40), (25, 30, 65)), (1.0, (32, 36, 42), (26, 28, 34))]), 0.7
+
+
+def _texture(kind, seed, height, width):
+    """An additive texture layer (H, W, 3) float: clouds, stripes, grain or nothing."""
+    rng = np.random.default_rng(seed)
+    layer = np.zeros((height, width, 3), np.float32)
+    if kind == "clouds":
+        for _ in range(rng.integers(2, 5)):
+            centre = (int(rng.uniform(0, width)), int(rng.uniform(0, 0.45 * height)))
+            axes = (int(rng.uniform(0.08, 0.2) * width), int(rng.uniform(0.04, 0.08) * height))
+            blob = np.zeros((height, width), np.float32)
+            cv2.ellipse(blob, centre, axes, 0, 0, 360, 1.0, -1)
+            layer += cv2.GaussianBlur(blob, (0, 0), 0.03 * width)[..., None] * 30.0
+    elif kind == "stripes":
+        angle, period = rng.uniform(0, math.pi), rng.uniform(0.06, 0.16) * width
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        wave = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
+        layer += (wave * 14.0)[..., None]
+    elif kind == "grain":
+        layer += rng.normal(0, 9.0, (height, width, 1)).astype(np.float32)
+    return layer
+
+
+# ---- the figure -------------------------------------------------------------------------------
+
+def _capsule(canvas, a, b, radius, color):
+    """A thick limb from a to b (pixels) with round ends."""
+    a, b = tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b)
+    cv2.line(canvas, a, b, color, max(1, int(round(2 * radius))), cv2.LINE_AA)
+    cv2.circle(canvas, a, int(round(radius)), color, -1, cv2.LINE_AA)
+    cv2.circle(canvas, b, int(round(radius)), color, -1, cv2.LINE_AA)
+
+
+def torso_length(keypoints):
+    """Neck to mid-hip in pixels (or a stand-in from the shoulders when the hips are hidden)."""
+    seen = keypoints[:, 2] > 0
+    hips = [keypoints[j, :2] for j in (R_HIP, L_HIP) if seen[j]]
+    if seen[NECK] and hips:
+        return max(2.0, float(np.linalg.norm(keypoints[NECK, :2] - np.mean(hips, axis=0))))
+    if seen[R_SHO] and seen[L_SHO]:
+        return max(2.0, 1.6 * float(np.linalg.norm(keypoints[R_SHO, :2] - keypoints[L_SHO, :2])))
+    return 8.0
+
+
+def head_centre(keypoints, length):
+    """Where the head is drawn: the mean of the face points seen, else above the neck."""
+    face = [j for j in (NOSE, R_EYE, L_EYE, R_EAR, L_EAR) if keypoints[j, 2] > 0]
+    if face:
+        return keypoints[face, :2].mean(axis=0) + (0.0, -0.05 * length)
+    return keypoints[NECK, :2] + (0.0, -0.55 * length)
+
+
+def _draw_figure(canvas, mask, keypoints, look, nuisance):
+    """The person, back to front: legs, torso, arms, head; canvas (H, W, 3) uint8 and mask (H, W)
+    uint8 drawn in place (keypoints in canvas pixels)."""
+    seen = keypoints[:, 2] > 0
+    length = torso_length(keypoints)
+    shirt, trousers = COLORS[look.shirt], COLORS[look.trousers]
+    skin = SKIN_TONES[nuisance.skin]
+
+    def limb(a, b, width, color):
+        if seen[a] and seen[b]:
+            for target, value in ((canvas, color), (mask, 255)):
+                _capsule(target, keypoints[a, :2], keypoints[b, :2], width * length / 2, value)
+
+    def polygon(points, color):
+        points = np.round(np.array(points)).astype(np.int32)
+        for target, value in ((canvas, color), (mask, 255)):
+            cv2.fillConvexPoly(target, points, value, cv2.LINE_AA)
+
+    for hip, knee, ankle in ((R_HIP, R_KNE, R_ANK), (L_HIP, L_KNE, L_ANK)):
+        limb(hip, knee, THIGH_WIDTH, trousers)
+        limb(knee, ankle, SHIN_WIDTH, trousers)
+        if seen[ankle]:
+            foot = keypoints[ankle, :2] + (0.0, 0.12 * length)
+            for target, value in ((canvas, SHOE_COLOR), (mask, 255)):
+                cv2.ellipse(target, tuple(int(round(v)) for v in foot),
+                            (max(1, int(0.22 * length)), max(1, int(0.12 * length))), 0, 0, 360, value, -1, cv2.LINE_AA)
+    if seen[R_HIP] and seen[L_HIP]:
+        r_hip, l_hip = keypoints[R_HIP, :2], keypoints[L_HIP, :2]
+        side = (l_hip - r_hip) / max(1e-3, np.linalg.norm(l_hip - r_hip)) * HIP_PAD * length
+        drop = np.array([0.0, 0.18 * length])
+        polygon([r_hip - side, l_hip + side, l_hip + side + drop, r_hip - side + drop], trousers)
+    if seen[R_SHO] and seen[L_SHO] and seen[R_HIP] and seen[L_HIP]:
+        r_sho, l_sho = keypoints[R_SHO, :2], keypoints[L_SHO, :2]
+        r_hip, l_hip = keypoints[R_HIP, :2], keypoints[L_HIP, :2]
+        pad = (l_sho - r_sho) / max(1e-3, np.linalg.norm(l_sho - r_sho)) * SHOULDER_PAD * length
+        polygon([r_sho - pad, l_sho + pad, l_hip, r_hip], shirt)
+        polygon([r_sho - pad, l_sho + pad, (l_hip + r_hip) / 2], shirt)
+    elif seen[NECK] and (seen[R_HIP] or seen[L_HIP]):
+        hip = keypoints[R_HIP if seen[R_HIP] else L_HIP, :2]
+        for target, value in ((canvas, shirt), (mask, 255)):
+            _capsule(target, keypoints[NECK, :2], hip, 0.3 * length, value)
+    for shoulder, elbow, wrist in ((R_SHO, R_ELB, R_WRI), (L_SHO, L_ELB, L_WRI)):
+        limb(shoulder, elbow, ARM_WIDTH, shirt)
+        limb(elbow, wrist, FOREARM_WIDTH, skin)
+    if seen[NECK] or seen[NOSE]:
+        centre = head_centre(keypoints, length)
+        radius = HEAD_RADIUS * length
+        if seen[NECK]:
+            limb_end = keypoints[NECK, :2]
+            for target, value in ((canvas, skin), (mask, 255)):
+                _capsule(target, limb_end, centre, 0.15 * length, value)
+        at = tuple(int(round(v)) for v in centre)
+        for target, value in ((canvas, skin), (mask, 255)):
+            cv2.circle(target, at, max(1, int(round(radius))), value, -1, cv2.LINE_AA)
+        top = (at[0], int(round(centre[1] - 0.25 * radius)))
+        head_cover = CAP_COLORS[nuisance.cap] if nuisance.cap >= 0 else HAIR_COLORS[nuisance.hair]
+        cv2.ellipse(canvas, top, (max(1, int(round(radius * 1.02))), max(1, int(round(radius * 0.8)))),
+                    0, 180, 360, head_cover, -1, cv2.LINE_AA)
+        if nuisance.cap >= 0:  # the peak, facing the viewer's right
+            for target, value in ((canvas, head_cover), (mask, 255)):
+                cv2.ellipse(target, (int(round(at[0] + 0.6 * radius)), top[1]),
+                            (max(1, int(round(0.7 * radius))), max(1, int(round(0.2 * radius)))),
+                            0, 0, 360, value, -1, cv2.LINE_AA)
+
+
+def render(keypoints, look, nuisance, size=SIZE):
+    """One picture of a person; keypoints (18, 3) in pixels of the (size x size) picture.
+
+    -> (image (size, size, 3) uint8, mask (size, size) bool: where the figure is, shadow excluded).
+    """
+    big = size * SUPERSAMPLE
+    points = keypoints.astype(np.float64).copy()
+    points[:, :2] *= SUPERSAMPLE
+    background, ground = clean_background(look.background, big, big)
+    background = background + _texture(nuisance.texture, nuisance.texture_seed, big, big)
+    if nuisance.shadow > 0 and (points[[R_ANK, L_ANK], 2] > 0).any():
+        feet = points[[R_ANK, L_ANK]][points[[R_ANK, L_ANK], 2] > 0, :2].mean(axis=0)
+        length = torso_length(points)
+        shade = np.zeros((big, big), np.float32)
+        cv2.ellipse(shade, (int(feet[0] + 0.3 * length), int(feet[1] + 0.15 * length)),
+                    (max(1, int(0.9 * length * nuisance.shadow_width)), max(1, int(0.15 * length))),
+                    0, 0, 360, 1.0, -1, cv2.LINE_AA)
+        background *= 1 - nuisance.shadow * shade[..., None]
+    canvas = np.clip(background, 0, 255).astype(np.uint8)
+    mask = np.zeros((big, big), np.uint8)
+    _draw_figure(canvas, mask, points, look, nuisance)
+    ramp = 1 + nuisance.light_slope * np.linspace(-1, 1, big, dtype=np.float32)[None, :, None]
+    lit = np.clip(canvas.astype(np.float32) * nuisance.light * ramp, 0, 255)
+    image = cv2.resize(lit, (size, size), interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(mask.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_AREA)
+    return np.round(image).astype(np.uint8), small_mask > 0.5
+
+
+def render_clip(keypoints, prompt, seed=0, size=SIZE):
+    """A source video of a pose sequence: keypoints (F, 18, 3) in pixels of the picture; one look
+    (from the prompt) and one nuisance draw (from the seed) for every frame.
+    -> (frames (F, size, size, 3) uint8, masks (F, size, size) bool)."""
+    look, nuisance = parse_prompt(prompt), random_nuisance(np.random.default_rng(seed))
+    pictures = [render(k, look, nuisance, size) for k in keypoints]
+    return np.stack([p[0] for p in pictures]), np.stack([p[1] for p in pictures])
+
+
+# ---- poses ------------------------------------------------------------------------------------
+
+def _at(origin, length, angle):
+    """origin + length * (sin a, cos a): angle 0 points down the picture."""
+    return origin + length * np.array([math.sin(angle), math.cos(angle)])
+
+
+def random_pose(rng, size=SIZE):
+    """A plausible standing body seen from the front, COCO-18 (18, 3) in pixels of a size x size
+    picture: random height, place, lean, turn, arm and leg angles, some face joints hidden."""
+    height = rng.uniform(0.55, 0.9) * size
+    length = 0.3 * height  # torso
+    mid_hip = np.array([rng.uniform(0.3, 0.7) * size, 0.0])
+    leg = 1.45 * length
+    mid_hip[1] = rng.uniform(0.93 * size - leg - 0.05 * size, 0.95 * size - leg + 0.02 * size)
+    lean = rng.normal(0, 0.15)
+    neck = _at(mid_hip, length, math.pi + lean)
+    turn = rng.uniform(0, 1)
+    shoulder_half = length * rng.uniform(0.28, 0.42) * (0.45 + 0.55 * math.cos(turn * 1.2))
+    hip_half = length * rng.uniform(0.2, 0.3) * (0.5 + 0.5 * math.cos(turn * 1.2))
+    across = np.array([math.cos(lean), -math.sin(lean)])
+    points = np.zeros((18, 3), np.float64)
+    points[NECK, :2] = neck
+    points[R_SHO, :2], points[L_SHO, :2] = neck - shoulder_half * across + (0, 0.08 * length), neck + shoulder_half * across + (0, 0.08 * length)
+    points[R_HIP, :2], points[L_HIP, :2] = mid_hip - hip_half * across, mid_hip + hip_half * across
+    for shoulder, elbow, wrist, side in ((R_SHO, R_ELB, R_WRI, -1), (L_SHO, L_ELB, L_WRI, 1)):
+        upper = side * rng.uniform(-0.4, 2.9) if rng.random() < 0.85 else side * rng.uniform(-2.0, 3.1)
+        bend = side * rng.uniform(-0.2, 2.0)
+        points[elbow, :2] = _at(points[shoulder, :2], 0.55 * length, upper)
+        points[wrist, :2] = _at(points[elbow, :2], 0.5 * length, upper + bend)
+    for hip, knee, ankle, side in ((R_HIP, R_KNE, R_ANK, -1), (L_HIP, L_KNE, L_ANK, 1)):
+        thigh = side * rng.uniform(-0.15, 0.5)
+        bend = -side * rng.uniform(0, 0.6) if rng.random() < 0.7 else side * rng.uniform(0, 0.6)
+        points[knee, :2] = _at(points[hip, :2], 0.75 * length, thigh)
+        points[ankle, :2] = _at(points[knee, :2], 0.7 * length, thigh + bend)
+    tilt, facing = rng.normal(0, 0.15), rng.uniform(-0.25, 0.25)
+    nose = _at(neck, 0.45 * length, math.pi + lean + tilt) + (facing * length, 0)
+    points[NOSE, :2] = nose
+    for joint, dx, dy in ((R_EYE, -0.13, -0.12), (L_EYE, 0.13, -0.12), (R_EAR, -0.26, -0.04), (L_EAR, 0.26, -0.04)):
+        points[joint, :2] = nose + length * np.array([dx - 0.3 * facing, dy])
+    points[:, 2] = 1.0
+    for joint in (R_EYE, L_EYE, R_EAR, L_EAR):
+        if rng.random() < 0.15:
+            points[joint, 2] = 0.0
+    if facing > 0.15:
+        points[R_EAR, 2] = 0.0
+    if facing < -0.15:
+        points[L_EAR, 2] = 0.0
+    return points.astype(np.float32)
+
+
+def jittered(keypoints, rng, size=SIZE):
+    """A pose (18, 3) moved, scaled and shaken a little (for training on a known pose family)."""
+    seen = keypoints[:, 2] > 0
+    centre = keypoints[seen, :2].mean(axis=0)
+    scale = rng.uniform(0.85, 1.15)
+    shift = rng.normal(0, 0.06 * size, 2)
+    moved = keypoints.copy()
+    moved[:, :2] = (keypoints[:, :2] - centre) * scale + centre + shift + rng.normal(0, 0.006 * size, (18, 2))
+    return moved
+
+
+HELDOUT_SEED = 2_000_000_007  # training draws from seeds below 2**31 - 1 in their own streams
+
+
+def heldout_poses(count, size=SIZE):
+    """The evaluation poses (count, 18, 3): random bodies from a seed no training stream uses."""
+    rng = np.random.default_rng([HELDOUT_SEED])
+    return np.stack([random_pose(rng, size) for _ in range(count)])
+
+
+def sample(rng, swing=None, size=SIZE, swing_share=0.3):
+    """One training example: (image uint8 (size, size, 3), mask, keypoints (18, 3), prompt, look).
+
+    swing: optional (F, 18, 3) poses in picture pixels (the bundled demo swing), jittered."""
+    if swing is not None and rng.random() < swing_share:
+        keypoints = jittered(swing[rng.integers(len(swing))], rng, size)
+    else:
+        keypoints = random_pose(rng, size)
+    look, nuisance = random_look(rng), random_nuisance(rng)
+    image, mask = render(keypoints, look, nuisance, size)
+    return image, mask, keypoints, look.prompt(SUBJECTS[rng.integers(len(SUBJECTS))]), look
+
+
+# ---- measuring generated pictures -------------------------------------------------------------
+
+FIGURE_THRESHOLD = 60.0
+LIGHTING_RANGE = (0.7, 1.35)  # what random_nuisance's light and light_slope can make  # RGB distance from the nuisance-free background that counts as figure
+
+
+def lighting(image, background):
+    """The picture's lighting as a gain per column (1, W, 1): the median brightness ratio of each
+    column to the clean background (the figure is a minority of most columns), fitted by a line."""
+    clean, _ = clean_background(background, *image.shape[:2])
+    ratio = np.median(image.astype(np.float32).sum(-1) / np.maximum(clean.sum(-1), 1.0), axis=0)
+    columns = np.arange(len(ratio))
+    gain = np.polyval(np.polyfit(columns, ratio, 1), columns)
+    # additive textures inflate the ratio on dark backgrounds: keep to the nuisances' range
+    return np.clip(gain, *LIGHTING_RANGE)[None, :, None].astype(np.float32)
+
+
+def segment_figure(image, background):
+    """The figure in a generated picture: pixels whose colour is further than FIGURE_THRESHOLD from
+    the prompt's nuisance-free background under the picture's own ``lighting``, cleaned by a 3x3
+    opening. image (H, W, 3) uint8 -> bool (H, W)."""
+    clean, _ = clean_background(background, *image.shape[:2])
+    distance = np.linalg.norm(image.astype(np.float32) - clean * lighting(image, background), axis=-1)
+    figure = (distance > FIGURE_THRESHOLD).astype(np.uint8)
+    return cv2.morphologyEx(figure, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def iou(a, b):
+    """Intersection over union of two boolean masks."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def torso_mask(keypoints, size=SIZE):
+    """The inner torso (shoulders to hips, shrunk toward its centre) as a bool mask, or None."""
+    if not (keypoints[[R_SHO, L_SHO, R_HIP, L_HIP], 2] > 0).all():
+        return None
+    corners = keypoints[[R_SHO, L_SHO, L_HIP, R_HIP], :2]
+    centre = corners.mean(axis=0)
+    inner = centre + 0.6 * (corners - centre)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(mask, np.round(inner).astype(np.int32), 1)
+    return mask.astype(bool)
+
+
+def dominant_color(image, region):
+    """The vocabulary colour nearest to most pixels of a region (bool mask) of an image, each
+    colour also under the nuisances' dimmest and brightest light; pixels nearer to a skin tone
+    (an arm across the torso) do not vote. None where none votes."""
+    pixels = image[region].astype(np.float32)
+    names = [*COLORS, *(None for _ in SKIN_TONES)]
+    base = np.array([*COLORS.values(), *SKIN_TONES], np.float32)
+    palette = np.concatenate([np.clip(base * gain, 0, 255) for gain in (LIGHTING_RANGE[0], 1.0, LIGHTING_RANGE[1])])
+    nearest = np.linalg.norm(pixels[:, None, :] - palette[None], axis=-1).argmin(axis=1) % len(base)
+    votes = np.bincount(nearest, minlength=len(base))[:len(COLORS)]
+    return names[votes.argmax()] if votes.any() else None
+
+
+def figure_masks(keypoints, size=SIZE):
+    """The true figure mask of each pose (F, 18, 3) -> (F, size, size) bool (no cap, no shadow)."""
+    return np.stack([render(k, Look(background="studio"), Nuisance(), size)[1] for k in keypoints])
+
+
+def pose_iou(frames, keypoints, prompt):
+    """Mean IoU of the figure segmented in each generated frame with the true mask of its pose;
+    frames (F, S, S, 3) uint8, keypoints (F, 18, 3) in their pixels."""
+    background = parse_prompt(prompt).background
+    truths = figure_masks(keypoints, frames.shape[1])
+    return float(np.mean([iou(segment_figure(f, background), t) for f, t in zip(frames, truths)]))
+
+
+def color_accuracy(frames, keypoints, prompt):
+    """Fraction of frames whose torso's dominant colour is the prompt's shirt colour (frames whose
+    pose shows no torso are left out); None where the prompt names no shirt colour or no torso shows."""
+    shirt = parse_prompt(prompt, Look(shirt=None)).shirt
+    torsos = [(f, torso_mask(k, f.shape[0])) for f, k in zip(frames, keypoints)]
+    hits = [dominant_color(f, m) == shirt for f, m in torsos if m is not None and m.any()]
+    return float(np.mean(hits)) if shirt and hits else None

@@ -1,0 +1,259 @@
+"""Train the toy world's model: SD + ControlNet-OpenPose in miniature, on diffusers classes only.
+
+    python train_toy.py                      # (or `make toy-model`) -> toy_model/, resumable from toy_train/
+
+The recipe is the one that made SD 2.1 + ControlNet, shrunk: (1) an AutoencoderKL (downsamples
+by 4: 64 px pictures, 16x16x4 latents) trained to reconstruct toyworld pictures; (2) a
+UNet2DConditionModel and a CLIPTextModel (the project's byte-level tokenizer) trained together
+on (picture, prompt) with no pose input, the prompt dropped 10% of the time so that
+classifier-free guidance works; (3) ``ControlNetModel.from_unet`` trained on OpenPose maps drawn
+by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen. Every stage is seeded,
+shows a progress bar, checkpoints to ``--work`` and resumes from there; the result is one
+``StableDiffusionControlNetPipeline.save_pretrained`` folder (safetensors).
+"""
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler,
+                       StableDiffusionControlNetPipeline, UNet2DConditionModel)
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+import models
+import outputs
+import pose_extract
+import toyworld
+
+log = logging.getLogger("train_toy")
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEXT_DIM = 64
+PROMPT_DROPOUT = 0.1  # as SD's training: the empty prompt is the unconditional branch of guidance
+MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
+STAGES = ("vae", "unet", "controlnet")
+
+
+def build_models(tokenizer):
+    """The untrained VAE, text encoder and UNet (seeded by the caller)."""
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        block_out_channels=(16, 32, 64), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        sample_size=toyworld.SIZE)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=models.TINY_MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=TEXT_DIM))
+    unet = UNet2DConditionModel(
+        sample_size=toyworld.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=16, cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8, use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    return vae, text_encoder, unet
+
+
+def make_controlnet(unet):
+    # the hint encoder downsamples by 4, as the VAE does (SD's, 4 entries, by 8)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+
+
+def swing_poses():
+    """The bundled demo swing in picture pixels, (F, 18, 3)."""
+    sequence = pose_extract.read_poses(os.path.join(HERE, "demo", "golf_swing.json"))
+    width, height = sequence.canvas_size
+    return pose_extract.fit_keypoints(sequence.keypoints, toyworld.SIZE / max(width, height), (0.0, 0.0))
+
+
+def batch(rng, size, swing):
+    """A training batch: pictures (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps (B, 3, H, W)
+    in [0, 1], prompts."""
+    images, masks, maps, prompts = [], [], [], []
+    for _ in range(size):
+        image, mask, keypoints, prompt, _ = toyworld.sample(rng, swing)
+        images.append(image)
+        masks.append(mask)
+        maps.append(pose_extract.draw_openpose(keypoints, toyworld.SIZE, toyworld.SIZE))
+        prompts.append("" if rng.random() < PROMPT_DROPOUT else prompt)
+    to_tensor = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    return to_tensor(images) * 2 - 1, torch.from_numpy(np.stack(masks)).float(), to_tensor(maps), prompts
+
+
+def encode_text(tokenizer, text_encoder, prompts):
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+class Stage:
+    """One training stage's loop state: model(s) trained, optimiser, step, data RNG; saved and
+    restored as one checkpoint file so that an interrupted run resumes exactly."""
+
+    def __init__(self, name, work, params, lr, steps):
+        self.name, self.steps, self.step = name, steps, 0
+        self.path = os.path.join(work, f"{name}.pt")
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        warmup = max(1, steps // 50)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        self.rng = np.random.default_rng([STAGES.index(name), 0])
+
+    def save(self, modules):
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "modules": {k: m.state_dict() for k, m in modules.items()}}
+        with outputs.atomic_path(self.path) as temp:
+            torch.save(state, temp)
+
+    def load(self, modules):
+        if not os.path.isfile(self.path):
+            return False
+        state = torch.load(self.path, weights_only=False)
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        log.info("%s: resumed at step %d of %d", self.name, self.step, self.steps)
+        return True
+
+
+def run_stage(stage, modules, loss_fn, args):
+    """The loop shared by every stage: loss, step, checkpoint every --save-every steps."""
+    stage.load(modules)
+    bar = tqdm(total=stage.steps, initial=stage.step, desc=stage.name, disable=args.quiet)
+    while stage.step < stage.steps:
+        loss = loss_fn(stage.rng)
+        stage.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
+        stage.optimizer.step()
+        stage.schedule.step()
+        stage.step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if stage.step % args.save_every == 0 or stage.step == stage.steps:
+            stage.save(modules)
+    bar.close()
+
+
+def diffusion_loss(noise_pred, noise, timesteps, scheduler):
+    """Epsilon MSE with Min-SNR-gamma weights: w = min(SNR, gamma) / SNR."""
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+    return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+def train(args):
+    torch.manual_seed(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    tokenizer = models.build_tiny_tokenizer()
+    vae, text_encoder, unet = build_models(tokenizer)
+    swing = swing_poses()
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in models.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
+
+    # 1. VAE: L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures),
+    #    a small KL term as in SD's autoencoder
+    def vae_loss(rng):
+        images, masks, _, _ = batch(rng, args.vae_batch, swing)
+        posterior = vae.encode(images).latent_dist
+        decoded = vae.decode(posterior.sample()).sample
+        weight = 1 + 3 * masks[:, None]
+        error = (weight * ((decoded - images).abs() + (decoded - images) ** 2)).mean()
+        return error + 1e-6 * posterior.kl().mean()
+
+    run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps), {"vae": vae}, vae_loss, args)
+    vae.requires_grad_(False).eval()
+    with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
+        images = batch(np.random.default_rng([9, 0]), 256, swing)[0]
+        std = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215
+    scaling = vae.config.scaling_factor
+
+    def latents_of(images):
+        with torch.no_grad():
+            return vae.encode(images).latent_dist.sample() * scaling
+
+    def noised(rng, images):
+        latents = latents_of(images)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
+        return noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+    # 2. UNet + text encoder on (picture, prompt), no pose
+    def unet_loss(rng):
+        images, _, _, prompts = batch(rng, args.batch, swing)
+        noisy, noise, timesteps = noised(rng, images)
+        text = encode_text(tokenizer, text_encoder, prompts)
+        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
+                              noise_scheduler)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps),
+              {"unet": unet, "text_encoder": text_encoder}, unet_loss, args)
+    unet.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+
+    # 3. ControlNet from the UNet, on pose maps, the UNet frozen
+    controlnet = make_controlnet(unet)
+
+    def controlnet_loss(rng):
+        images, _, maps, prompts = batch(rng, args.batch, swing)
+        noisy, noise, timesteps = noised(rng, images)
+        with torch.no_grad():
+            text = encode_text(tokenizer, text_encoder, prompts)
+        down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=maps, return_dict=False)
+        noise_pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+        return diffusion_loss(noise_pred, noise, timesteps, noise_scheduler)
+
+    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps),
+              {"controlnet": controlnet}, controlnet_loss, args)
+
+    # 4. one diffusers folder, written whole under a temporary name, then moved into place
+    pipe = StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet.eval(),
+        scheduler=DDIMScheduler(**models.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    parent = os.path.dirname(os.path.abspath(args.out))
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".toy-model-") as temp:
+        pipe.save_pretrained(temp, safe_serialization=True)
+        if os.path.exists(args.out):
+            shutil.rmtree(args.out)
+        os.replace(temp, args.out)
+        os.makedirs(temp)  # TemporaryDirectory removes it on exit
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs)
+    log.info("wrote %s (%.1f MB)", args.out, total / 1e6)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(HERE, "toy_model"), help="the trained model folder")
+    parser.add_argument("--work", default=os.path.join(HERE, "toy_train"), help="checkpoints (resumed from)")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
+    parser.add_argument("--controlnet-steps", type=int, default=3000, help="ControlNet training steps")
+    parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size")
+    parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
+    parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
