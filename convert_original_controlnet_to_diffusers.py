@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-import outputs
+import files
 from errors import UserError
 
 log = logging.getLogger("convert")
@@ -136,7 +136,7 @@ def convert_to_folder(checkpoint_path, config_path, dump_path, image_size=512, e
         raise UserError(f"--dump_path {dump_path} exists; pass --overwrite to replace it")
     if os.path.isfile(dump_path):
         raise UserError(f"--dump_path {dump_path} is a file; give a folder path")
-    outputs.check_writable(dump_path, "--dump_path")  # before the (long) conversion, not after
+    files.check_writable(dump_path, "--dump_path")  # before the (long) conversion, not after
     controlnet = convert(checkpoint_path, config_path, image_size, extract_ema, upcast_attention, allow_unsafe_pickle)
     if half:
         controlnet = controlnet.to(torch.float16)

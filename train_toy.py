@@ -27,8 +27,8 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMSchedu
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+import files
 import models
-import outputs
 import pose_extract
 import toyworld
 
@@ -109,7 +109,7 @@ class Stage:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "modules": {k: m.state_dict() for k, m in modules.items()}}
-        with outputs.atomic_path(self.path) as temp:
+        with files.atomic_path(self.path) as temp:
             torch.save(state, temp)
 
     def load(self, modules):
@@ -242,9 +242,9 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "toy_model"), help="the trained model folder")
     parser.add_argument("--work", default=os.path.join(HERE, "toy_train"), help="checkpoints (resumed from)")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
-    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    parser.add_argument("--vae-steps", type=int, default=1200, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
-    parser.add_argument("--controlnet-steps", type=int, default=3000, help="ControlNet training steps")
+    parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")

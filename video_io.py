@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-import outputs
+import files
 from errors import UserError
 
+DEFAULT_FPS = 24.0  # the frame rate of a video or pose file that gives none (film's)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 H264_CRF = "18"  # visually lossless for this content; the file stays small
 
@@ -48,7 +49,7 @@ def probe_video(path):
     """(width, height, fps, frame count or 0 if unknown) of a video; UserError if unreadable."""
     with _open_video(path) as container:
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_FPS
         return stream.codec_context.width, stream.codec_context.height, fps, stream.frames or 0
 
 
@@ -134,7 +135,7 @@ def read_image_folder(path, width, height, fit):
 
 def write_png(path, image):
     """Write an (H, W, 3) uint8 image as PNG via a temporary name, so no half-written file remains."""
-    with outputs.atomic_path(path, ".png") as tmp:
+    with files.atomic_path(path, ".png") as tmp:
         Image.fromarray(image).save(tmp)
 
 

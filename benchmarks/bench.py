@@ -125,6 +125,7 @@ def run_config(name, args):
     import models
     import pipeline
     import techniques
+    from keyframes import KeyframePlan
 
     option = dict(OPTIONS[args.option]) if args.option else {}
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
@@ -157,7 +158,7 @@ def run_config(name, args):
             found = [techniques.Copy(steps // 2, "anchor", "first")]
         if name == "e":
             source = pipeline.encode(pipe, maps[ids], args.batch_size)  # a stand-in source video
-            keyframes = techniques.KeyframePlan(8, 0.3, source)
+            keyframes = KeyframePlan(8, 0.3, source)
         run_config_ = pipeline.GenerationConfig(**{**config.__dict__, "steps": steps})
         latents, _ = pipeline.generate(pipe, maps[ids], run_config_, found, keyframes, progress=False)
         return np.stack(list(pipeline.decode(pipe, latents, args.batch_size, progress=False)))

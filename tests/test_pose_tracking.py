@@ -7,6 +7,7 @@ import types
 import numpy as np
 import pytest
 
+import detectors
 import pose_extract
 import sdvideo
 from conftest import make_video
@@ -20,7 +21,7 @@ def test_mediapipe_landmarks_map_to_coco18():
     landmarks[:, 0] = np.arange(33) / 100  # x encodes the landmark index
     landmarks[:, 1] = 0.5
     landmarks[:, 3] = np.linspace(0.5, 1.0, 33)
-    keypoints = pose_extract.mediapipe_to_coco18(landmarks, 200, 100)
+    keypoints = detectors.mediapipe_to_coco18(landmarks, 200, 100)
     assert keypoints.shape == (18, 3)
     expected = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 8: 24, 10: 28, 13: 27, 14: 5, 15: 2, 16: 8, 17: 7}
     for joint, landmark in expected.items():
@@ -178,7 +179,7 @@ def fake_backends(monkeypatch):
 
         def process(self, image):
             calls["count"] += 1
-            inverse = {m: j for j, m in pose_extract.MEDIAPIPE_TO_COCO18.items()}
+            inverse = {m: j for j, m in detectors.MEDIAPIPE_TO_COCO18.items()}
             landmarks = []
             for m in range(33):
                 j = inverse.get(m, 1)
@@ -198,7 +199,7 @@ def fake_backends(monkeypatch):
 
 @pytest.mark.parametrize("backend", ["openpose", "dwpose", "mediapipe"])
 def test_every_backend_returns_coco18_pixels(fake_backends, backend):
-    detector = pose_extract.make_detector(backend)
+    detector = detectors.make_detector(backend)
     people = detector(np.zeros((96, 128, 3), np.uint8))
     body = people[0]["body"]
     joints = [j for j in range(18) if not (backend == "openpose" and j == 17) and not (backend == "mediapipe" and j == 1)]
@@ -217,7 +218,7 @@ def test_missing_backends_say_what_to_install():
         import controlnet_aux  # noqa: F401
     except Exception:
         with pytest.raises(UserError, match="requirements-optional.txt"):
-            pose_extract.make_detector("openpose")
+            detectors.make_detector("openpose")
     else:
         pytest.skip("controlnet_aux is importable here")
 
@@ -283,21 +284,21 @@ def test_auto_picks_the_best_installed_detector_and_names_it(monkeypatch, caplog
     import logging
 
     installed = {"mediapipe"}
-    monkeypatch.setattr(pose_extract, "_installed", lambda name: name in installed)
+    monkeypatch.setattr(detectors, "_installed", lambda name: name in installed)
     with caplog.at_level(logging.INFO, logger="pose_extract"):
-        assert pose_extract.resolve_backend("auto") == "mediapipe"
+        assert detectors.resolve_backend("auto") == "mediapipe"
     assert "pose backend: mediapipe (auto" in caplog.text
     installed |= {"rtmlib", "onnxruntime"}
-    assert pose_extract.resolve_backend("auto") == "mediapipe"  # DWPose without its weights cannot run offline
-    for name in pose_extract.DWPOSE_FILES:
+    assert detectors.resolve_backend("auto") == "mediapipe"  # DWPose without its weights cannot run offline
+    for name in detectors.DWPOSE_FILES:
         (tmp_path / name).write_bytes(b"weights")
-    assert pose_extract.resolve_backend("auto", str(tmp_path)) == "dwpose"
+    assert detectors.resolve_backend("auto", str(tmp_path)) == "dwpose"
     installed.add("controlnet_aux")
-    assert pose_extract.resolve_backend("auto", str(tmp_path)) == "openpose"
-    assert pose_extract.resolve_backend("dwpose") == "dwpose"  # a named backend is taken as named
+    assert detectors.resolve_backend("auto", str(tmp_path)) == "openpose"
+    assert detectors.resolve_backend("dwpose") == "dwpose"  # a named backend is taken as named
     installed.clear()
     with pytest.raises(UserError, match="no pose detector is installed"):
-        pose_extract.resolve_backend("auto")
+        detectors.resolve_backend("auto")
 
 
 def test_a_video_alone_runs_with_the_default_backend_on_a_base_install(tmp_path, fake_backends, monkeypatch):
@@ -305,6 +306,7 @@ def test_a_video_alone_runs_with_the_default_backend_on_a_base_install(tmp_path,
     make_video(video, num_frames=3, height=96, width=128)
     out = tmp_path / "run"  # no --pose-backend: auto finds the (faked) MediaPipe, as the real one on a base install
     monkeypatch.setitem(sys.modules, "controlnet_aux", None)  # OpenPose not installed
+    monkeypatch.setenv("SDVIDEO_CACHE", str(tmp_path / "cache"))
     assert sdvideo.main(["--model", "tiny", "--height", "64", "--width", "64", "--steps", "1", "--quiet",
                          "--video", str(video), "--out", str(out)]) == 0
     assert fake_backends["count"] == 3

@@ -224,8 +224,8 @@ def test_all_techniques_together_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--flow-warp", "0.5"], "--flow-warp needs --video"),
     (["--init-from-source"], "--init-from-source needs --video"),
-    (["--diff-steps", "0:2"], "need --video or --residuals"),
-    (["--preset", "seed"], "need --video or --residuals"),
+    (["--diff-steps", "0:2"], "--diff-steps needs --video or --residuals"),
+    (["--preset", "seed"], "needs --video or --residuals"),
     (["--copy-step", "9"], "--copy-step 9: step 9 is outside"),
     (["--blend-steps", "3:1"], "--blend-steps 3:1"),
     (["--anchor", "last"], "--anchor"),
@@ -240,10 +240,10 @@ def test_bad_technique_flags_fail_with_one_line(tmp_path, capsys, flags, message
 def test_residuals_of_another_size_are_refused(tmp_path, capsys):
     import torch
 
-    import techniques
+    import sources
 
     bank = str(tmp_path / "bank.safetensors")
-    techniques.save_bank(bank, torch.zeros(3, 4, 8, 8))
+    sources.save_bank(bank, torch.zeros(3, 4, 8, 8))
     assert run_cli("--max-frames", "4", "--residuals", bank, "--diff-steps", "0:1", "--out", str(tmp_path / "r")) == 2
     assert "same frame count" in capsys.readouterr().err
 

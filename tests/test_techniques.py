@@ -1,14 +1,20 @@
 """Each technique's invariants on the tiny model, and all of them together."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+import indices
 import models
 import pipeline
 import pose_extract
+import sources
 import techniques as tq
+from attention import CrossFrameAttnProcessor
 from conftest import assert_tensors_close, random_keypoints
+from keyframes import KeyframePlan
 from pipeline import GenerationConfig, Technique
 
 STEPS = 4
@@ -100,7 +106,7 @@ def test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone(clip):
         technique = tq.CrossFrameAttention("anchor")
         technique.attach(pipe)
         wrapped = list(pipe.unet.attn_processors.values()) + list(pipe.controlnet.attn_processors.values())
-        assert all(isinstance(p, tq.CrossFrameAttnProcessor) and type(p.inner) is backend for p in wrapped)
+        assert all(isinstance(p, CrossFrameAttnProcessor) and type(p.inner) is backend for p in wrapped)
         technique.detach(pipe)
         assert all(type(p) is backend for p in pipe.unet.attn_processors.values())
         results[backend], _ = generate(pipe, maps[:3], [tq.CrossFrameAttention("anchor")])
@@ -111,7 +117,7 @@ def test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone(clip):
 def test_keyframe_mode_with_interval_one_equals_the_plain_loop(tiny_pipe, clip):
     maps, source = clip
     plain, plain_stats = generate(tiny_pipe, maps, noise="progressive", noise_settings={"drift": 0.3})
-    keyed, stats = generate(tiny_pipe, maps, keyframes=tq.KeyframePlan(1, 0.5, source),
+    keyed, stats = generate(tiny_pipe, maps, keyframes=KeyframePlan(1, 0.5, source),
                             noise="progressive", noise_settings={"drift": 0.3})
     assert torch.equal(keyed, plain) and stats.unet_evals == plain_stats.unet_evals
 
@@ -119,7 +125,7 @@ def test_keyframe_mode_with_interval_one_equals_the_plain_loop(tiny_pipe, clip):
 def test_keyframes_are_generated_in_full_and_the_rest_cost_their_strength(tiny_pipe, clip):
     maps, source = clip
     plain, _ = generate(tiny_pipe, maps)
-    keyed, stats = generate(tiny_pipe, maps, keyframes=tq.KeyframePlan(3, 0.5, source))
+    keyed, stats = generate(tiny_pipe, maps, keyframes=KeyframePlan(3, 0.5, source))
     assert_tensors_close(keyed[[0, 3, 4]], plain[[0, 3, 4]])  # keyframes: 0, 3 and the last
     assert stats.unet_evals == 2 * (3 * STEPS + 2 * 2)  # frames 1, 2 run the last half of the schedule
     assert not torch.allclose(keyed[[1, 2]], plain[[1, 2]], atol=1e-3)
@@ -170,27 +176,62 @@ def test_every_technique_together(tiny_pipe, clip):
     found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
              tq.Blend(range(2, 3), 0.2, "previous"), tq.CrossFrameAttention("anchor+previous"),
              tq.FlowWarp(0.5, range(0, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
-    latents, stats = generate(tiny_pipe, maps, found, keyframes=tq.KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
+    latents, stats = generate(tiny_pipe, maps, found, keyframes=KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
     plain, plain_stats = generate(tiny_pipe, maps, noise="fixed")
     assert torch.isfinite(latents).all()
     # keyframes 0, 2, 4 start from the source at 3/4 of the schedule (steps 1-3), copied at step 1;
     # frames 1 and 3 run the last half (steps 2-3): fewer model calls than the plain run's 5 x 4
     assert 0 < stats.unet_evals < plain_stats.unet_evals
     assert not torch.allclose(latents, plain, atol=1e-2)  # the techniques changed the clip
-    assert all(type(p) is not tq.CrossFrameAttnProcessor for p in tiny_pipe.unet.attn_processors.values())
+    assert all(type(p) is not CrossFrameAttnProcessor for p in tiny_pipe.unet.attn_processors.values())
 
 
 def test_step_specs_accept_integers_and_fractions():
-    assert tq.parse_step("3", 20) == 3 and tq.parse_step("0.3", 20) == 6
-    assert tq.parse_step_range("0:0.5", 20) == range(0, 10) and tq.parse_step_range("5:", 20) == range(5, 20)
+    assert indices.parse_step("3", 20) == 3 and indices.parse_step("0.3", 20) == 6
+    assert indices.parse_step_range("0:0.5", 20) == range(0, 10) and indices.parse_step_range("5:", 20) == range(5, 20)
     for bad in ("7:3", "0:30", "25"):
         with pytest.raises(ValueError):
-            (tq.parse_step if ":" not in bad else tq.parse_step_range)(bad, 20)
+            (indices.parse_step if ":" not in bad else indices.parse_step_range)(bad, 20)
 
 
 def test_residual_bank_round_trip(tmp_path):
     latents, keypoints = torch.randn(3, 4, 8, 8), np.ones((3, 18, 3), np.float32)
-    tq.save_bank(str(tmp_path / "bank.safetensors"), latents, keypoints, {"video": "swing.mp4"})
-    loaded, loaded_keypoints, metadata = tq.load_bank(str(tmp_path / "bank.safetensors"))
+    sources.save_bank(str(tmp_path / "bank.safetensors"), latents, keypoints, {"video": "swing.mp4"})
+    loaded, loaded_keypoints, metadata = sources.load_bank(str(tmp_path / "bank.safetensors"))
     assert torch.equal(loaded, latents) and np.array_equal(loaded_keypoints.numpy(), keypoints)
     assert metadata == {"video": "swing.mp4"}
+
+
+def test_the_registry_knows_each_technique_once_and_presets_name_real_fields():
+    import run
+
+    names = [cls.name for cls in tq.TECHNIQUES] + [KeyframePlan.name]
+    assert len(set(names)) == len(names)
+    assert run.preset_defaults("seed") == {"noise": "fixed", "copy_step": "0.3", "copy_from": "anchor",
+                                           "diff_steps": "0.3:0.7", "diff_scale": 1.0}
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    dests = {a.dest for a in run.run_command_parser(subparsers)._actions}
+    for preset in run.PRESETS:
+        assert set(run.preset_defaults(preset)) <= dests, preset
+
+
+@pytest.mark.parametrize("technique, frames, steps", [
+    (tq.Copy(2, "anchor"), 5, 4), (tq.Copy(1, "previous"), 5, 4), (tq.StartFromLatents(None, 0.5), 5, 4),
+])
+def test_each_cost_model_predicts_the_model_evaluations(tiny_pipe, clip, technique, frames, steps):
+    maps, source = clip
+    if isinstance(technique, tq.StartFromLatents):
+        technique = tq.StartFromLatents(source, 0.5)
+    _, plain = generate(tiny_pipe, maps)
+    _, stats = generate(tiny_pipe, maps, [technique])
+    assert stats.unet_evals == pytest.approx(technique.cost(frames, steps) * plain.unet_evals)
+    plan = KeyframePlan(3, 0.5, source)
+    _, keyed = generate(tiny_pipe, maps, keyframes=plan)
+    assert keyed.unet_evals == pytest.approx(plan.cost(frames, steps) * plain.unet_evals)
+
+
+def test_two_techniques_that_plan_the_batch_are_refused(tiny_pipe, clip):
+    maps, _ = clip
+    with pytest.raises(ValueError, match="both plan the model's batch"):
+        generate(tiny_pipe, maps, [tq.CrossFrameAttention("anchor"), tq.CrossFrameAttention("previous")])

@@ -1,0 +1,143 @@
+"""A step's model calls: frames in batches through ControlNet + UNet with classifier-free guidance.
+
+``Batcher(pipe, pose_maps, frame_ids, config, stats, planner).predict(...)`` is what the loop
+(pipeline.denoise) calls once per step. It chunks the computed frames (``--batch-size``, halved on
+out-of-memory with ``auto``), lets at most one technique plan each call's batch (cross-frame
+attention brings its reference frames along), and hands the ControlNet each frame's pose-map
+embedding computed once per pass (``PassThroughEmbedding``) rather than at every step.
+"""
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+AUTO_BATCH_CPU = 8  # --batch-size auto on a CPU, where running out of memory cannot be caught
+CONTROL_CACHE_BYTES = 512 * 2 ** 20  # ControlNet conditioning embeddings kept per pass (the rest recomputed)
+IMAGE_CHANNELS = 3  # a pose map; ControlNet's conditioning embedding has more channels
+
+
+def pose_maps_to_control(pose_maps, device, dtype):
+    """(B, H, W, 3) uint8 pose maps -> (B, 3, H, W) in [0, 1], as diffusers' control preprocessing."""
+    control = torch.from_numpy(np.ascontiguousarray(pose_maps)).permute(0, 3, 1, 2).float() / 255.0
+    return control.to(device=device, dtype=dtype)
+
+
+def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None):
+    """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W) pose maps
+    or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding).
+
+    text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
+    eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
+    """
+    batch = latents.shape[0]
+    do_cfg = text_embeds.shape[0] == 2
+    if do_cfg:
+        latents, control = torch.cat([latents] * 2), torch.cat([control] * 2)
+    embeds = text_embeds.repeat_interleave(batch, dim=0)  # (2B or B, L, D): [neg]*B + [pos]*B
+    model_input = pipe.scheduler.scale_model_input(latents, t)
+    residuals = {}
+    if cond_scale > 0:  # outside the control window ControlNet adds zeros: skip it
+        down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
+                                    conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
+                                    return_dict=False)
+        residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        stats.controlnet_evals += model_input.shape[0]
+    noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
+                           return_dict=False, **residuals)[0]
+    stats.unet_evals += model_input.shape[0]
+    if do_cfg:
+        noise_uncond, noise_text = noise_pred.chunk(2)
+        noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
+    return noise_pred
+
+
+class PassThroughEmbedding(torch.nn.Module):
+    """Stands in for ``controlnet.controlnet_cond_embedding`` (pose map -> (C, H/8, W/8) features) so
+    that the loop can hand the ControlNet embeddings it computed once per frame and pass, instead of
+    the map at every step and guidance branch. The embedding depends on the pose map alone (not on
+    the step, the latent or the prompt), so reusing it changes no number. A 3-channel input (a pose
+    map, as diffusers' own pipeline passes) is embedded as usual; anything else is an embedding
+    already and passes through. ``budget``: bytes of embeddings a pass keeps (the rest recomputed)."""
+
+    def __init__(self, inner, budget=CONTROL_CACHE_BYTES):
+        super().__init__()
+        self.inner, self.budget = inner, budget
+
+    def forward(self, cond):
+        return self.inner(cond) if cond.shape[1] == IMAGE_CHANNELS else cond
+
+
+class ControlEmbeddings:
+    """One pass's ControlNet conditioning embeddings, computed once per frame, kept up to a budget."""
+
+    def __init__(self, module):
+        self.module, self.kept, self.used = module, {}, 0
+
+    def __call__(self, frame_ids, control):
+        """Embeddings (B, C, h, w) of the B frames ``frame_ids`` whose maps are ``control`` (B, 3, H, W)."""
+        missing = [k for k, frame in enumerate(frame_ids) if frame not in self.kept]
+        fresh = dict(zip(missing, self.module.inner(control[missing]))) if missing else {}
+        for k, embedding in fresh.items():
+            size = embedding.numel() * embedding.element_size()
+            if self.used + size <= self.module.budget:
+                self.kept[frame_ids[k]], self.used = embedding, self.used + size
+        return torch.stack([fresh[k] if k in fresh else self.kept[frame] for k, frame in enumerate(frame_ids)])
+
+
+def _controlnet(pipe):
+    """The pipeline's ControlNet module itself, also under torch.compile."""
+    return getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
+
+
+def reuse_control_embedding(pipe, budget=CONTROL_CACHE_BYTES):
+    """Install PassThroughEmbedding in the pipeline's ControlNet (once)."""
+    if control_embedding_cache(pipe) is None:
+        controlnet = _controlnet(pipe)
+        controlnet.controlnet_cond_embedding = PassThroughEmbedding(controlnet.controlnet_cond_embedding, budget)
+
+
+def control_embedding_cache(pipe):
+    """The pipeline's PassThroughEmbedding, or None where it is not installed."""
+    module = getattr(_controlnet(pipe), "controlnet_cond_embedding", None)
+    return module if isinstance(module, PassThroughEmbedding) else None
+
+
+class Batcher:
+    """A step's noise prediction for the computed frames, batch_size frames per model call (halved
+    on out-of-memory with --batch-size auto), each call's batch planned by at most one technique;
+    pose maps enter the ControlNet as embeddings computed once per frame where that is installed."""
+
+    def __init__(self, pipe, pose_maps, frame_ids, config, stats, planner=None):
+        self.planner = planner  # the technique whose plan_batch shapes each call, or None
+        self.pipe, self.pose_maps, self.frame_ids, self.config, self.stats = pipe, pose_maps, frame_ids, config, stats
+        self.device, self.dtype = pipe._execution_device, pipe.unet.dtype
+        self.auto = config.batch_size == 0
+        self.size = config.batch_size or (len(pose_maps) if self.device.type == "cuda" else AUTO_BATCH_CPU)
+        module = control_embedding_cache(pipe)
+        self.embeddings = ControlEmbeddings(module) if module is not None else None
+
+    def control(self, batch):
+        maps = pose_maps_to_control(self.pose_maps[batch], self.device, self.dtype)
+        return maps if self.embeddings is None else self.embeddings([self.frame_ids[j] for j in batch], maps)
+
+    def predict(self, latents, computed, active, t, text_embeds, cond_scale):
+        """Guided noise of the computed frames (len(computed), 4, h, w), in their order."""
+        noise_pred, first = [], 0
+        while first < len(computed):
+            chunk = computed[first:first + self.size]
+            batch, attention_kwargs = (self.planner.plan_batch(chunk, active) if self.planner else None) or (chunk, None)
+            try:
+                chunk_pred = predict_noise(self.pipe, latents[batch], self.control(batch), t, text_embeds, cond_scale,
+                                           self.config.guidance, self.stats, attention_kwargs)
+            except torch.OutOfMemoryError:
+                if not self.auto or len(chunk) == 1:
+                    raise
+                self.size = (len(chunk) + 1) // 2  # retry this chunk halved; later chunks keep the size that fits
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.info("out of memory: --batch-size auto now %d frames", self.size)
+                continue
+            noise_pred.append(chunk_pred[len(batch) - len(chunk):])  # the chunk's frames come last
+            first += len(chunk)
+        return torch.cat(noise_pred)

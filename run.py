@@ -1,0 +1,342 @@
+"""``sdvideo.py run`` (the default command): poses and a prompt in, a video and its record out.
+
+``run_command_parser(subparsers)`` declares the flags (the techniques' come from their classes in
+techniques.py and keyframes.py); ``run_command(args)`` checks them, loads inputs and models,
+builds the techniques, runs the loop and writes the run folder (outputs.py).
+"""
+import argparse
+import logging
+import math
+import os
+import time
+
+import torch
+
+import inputs
+import models
+import outputs
+import pipeline
+import pose_extract
+import predict
+import techniques
+from errors import UserError
+from keyframes import KeyframePlan
+from sources import Sources
+
+log = logging.getLogger("sdvideo")
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEMO_POSES = os.path.join(HERE, "demo", "golf_swing.json")
+DEFAULT_PROMPT = "a golfer swinging a club on a sunny golf course, photorealistic, detailed"
+DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"
+TOY_PROMPT = "a golfer in a red shirt and black trousers, on a golf course"
+# What --height/--width, --prompt and --negative-prompt default to, per --model (None: real weights).
+# The toy model knows only its training prompts' words, was trained with "" as the unconditional
+# prompt, and draws 64 px pictures.
+MODEL_DEFAULTS = {
+    None: dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
+    "tiny": dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
+    "toy": dict(height=64, width=64, prompt=TOY_PROMPT, negative_prompt=""),
+}
+SIZE_MULTIPLE = 8
+MAX_SIDE = 2048  # SD 2.1 was trained at 512/768; 2048 px already needs --vae-tiling and a large GPU
+MAX_FPS = 240.0
+MAX_CONTROLNET_SCALE = 5.0
+NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
+# Presets: plain data keyed by technique name (and "noise", "common") and field.
+PRESETS = {
+    "baseline": {"noise": {"kind": "independent"}},
+    # the original project's best: fixed noise, copying at 30 %, source latent differences after it
+    "seed": {"noise": {"kind": "fixed"}, "copy": {"step": "0.3", "source": "anchor"},
+             "differences": {"steps": "0.3:0.7", "scale": 1.0}},
+    "keyframe": {"noise": {"kind": "fixed"}, "keyframe": {"mode": "keyframe", "interval": 8, "strength": 0.5}},
+    # Text2Video-Zero without its motion dynamics: one noise, every frame attends to the first
+    "t2v-zero": {"noise": {"kind": "fixed"}, "cross-frame-attention": {"mode": "anchor"},
+                 "common": {"anchor": "first"}},
+}
+COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift"}, "common": {"anchor": "anchor"}}
+
+
+def preset_defaults(name):
+    """A preset as argparse defaults (dest -> value), through each technique's field names."""
+    flags = {**COMMON_FLAGS, **{cls.name: cls.flags for cls in (*techniques.TECHNIQUES, KeyframePlan)}}
+    return {flags[technique][field]: value for technique, fields in PRESETS[name].items()
+            for field, value in fields.items()}
+
+
+def batch_size_arg(value):
+    """--batch-size: a positive integer, or 'auto' (0 inside the program)."""
+    if value == "auto":
+        return 0
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'auto'), got {size}")
+    return size
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one to show (not "None", not where the help already says)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def run_command_parser(subparsers):
+    parser = subparsers.add_parser("run", formatter_class=HelpFormatter,
+                                   help="generate a video (the default command)",
+                                   description="Pose-controlled video with SD + ControlNet-OpenPose, zero-shot. "
+                                               "With no --video/--poses it runs the bundled golf-swing poses.")
+    add_input_and_model_arguments(parser)
+    add_generation_arguments(parser)
+    tech = parser.add_argument_group("techniques")
+    tech.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                      help="a named combination (see README); explicit flags override its settings")
+    tech.add_argument("--noise", choices=NOISE_CHOICES, default="independent",
+                      help="initial noise across frames: independent per frame, one fixed, "
+                           "a progressive random walk, or a slerp between two seeds")
+    tech.add_argument("--noise-drift", type=float, default=0.1,
+                      help="progressive noise: radians per frame, z_i = cos(d) z_(i-1) + sin(d) e_i")
+    tech.add_argument("--anchor", default="first",
+                      help="reference frame of copying, blending, differences, cross-frame attention: first|middle|N")
+    for technique in (*techniques.TECHNIQUES, KeyframePlan):
+        technique.add_arguments(tech)
+    tech.add_argument("--save-residuals", default=None, help="save the source latents and poses to this file")
+    tech.add_argument("--residuals", default=None,
+                      help="source latents from a --save-residuals file instead of --video (same frame count and size)")
+    pose_extract.add_extraction_arguments(parser)
+    add_output_and_performance_arguments(parser)
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def add_input_and_model_arguments(parser):
+    inp = parser.add_argument_group("input")
+    inp.add_argument("--video", help="source video (any container FFmpeg reads); its poses are extracted "
+                                     "unless --poses is given")
+    inp.add_argument("--poses", help="OpenPose JSON (sequence file or folder of --write_json files) or a folder of "
+                                     "pose-map images (default: extracted from --video, or the demo swing)")
+    inp.add_argument("--start", type=float, default=0.0, help="first frame's time in seconds")
+    inp.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    inp.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
+    inp.add_argument("--fps", type=float, default=None, help="resample to this frame rate (instead of --stride)")
+    for side in ("height", "width"):
+        inp.add_argument(f"--{side}", type=int, default=None,
+                         help=f"output {side}, rounded to a multiple of 8 (default: 512; 64 with --model toy)")
+    inp.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep aspect by centre crop or padding")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=tuple(k for k in MODEL_DEFAULTS if k), default=None,
+                       help="a built-in model instead of --base/--controlnet: 'toy', the trained toy world "
+                            "(64 px figures, toy_model/); 'tiny', random weights (noise pictures; for tests)")
+    model.add_argument("--base", default=None, help=f"SD 1.x/2.x diffusers folder or hub id (default: "
+                                                    f"{models.DEFAULT_BASE})")
+    model.add_argument("--controlnet", default=None, help=f"ControlNet diffusers folder, hub id, or original "
+                                                          f".ckpt/.safetensors (default: {models.DEFAULT_CONTROLNET})")
+    model.add_argument("--controlnet-config", default=None,
+                       help="original config used to convert a .ckpt/.safetensors --controlnet (default: "
+                            "cldm_v21.yaml beside sdvideo.py)")
+    model.add_argument("--scheduler", choices=tuple(models.SCHEDULERS), default="ddim",
+                       help="sampler, built from the base model's scheduler config")
+    model.add_argument("--dtype", choices=tuple(models.DTYPES), default="fp32", help="model precision")
+    model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="where to run")
+    model.add_argument("--local-files-only", action="store_true",
+                       help="never contact the hub (HF_HUB_OFFLINE=1 does the same)")
+
+
+def add_generation_arguments(parser):
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", default=None,
+                     help=f"text prompt for every frame (default: '{DEFAULT_PROMPT}'; with --model toy: '{TOY_PROMPT}')")
+    gen.add_argument("--negative-prompt", default=None,
+                     help=f"negative prompt (default: '{DEFAULT_NEGATIVE}'; with --model toy: none)")
+    gen.add_argument("--steps", type=int, default=20, help="denoising steps")
+    gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)")
+    gen.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    gen.add_argument("--control-start", type=float, default=0.0, help="fraction of the schedule where control starts")
+    gen.add_argument("--control-end", type=float, default=1.0, help="fraction of the schedule where control ends")
+    gen.add_argument("--seed", type=int, default=0, help="frame i's generator is seeded seed + i")
+    gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+
+
+def add_output_and_performance_arguments(parser):
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="run folder (default: outputs/run-<date>-<time>)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing run folder (and --save-residuals file)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from OUT.partial (same settings and inputs): reuses its latents "
+                          "and frames")
+    out.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("--batch-size", type=batch_size_arg, default=4,
+                      help="frames per UNet/ControlNet call; 'auto': as many as fit the GPU, halved on out-of-memory")
+    perf.add_argument("--attention", choices=("sdpa", "classic", "xformers"), default="sdpa",
+                      help="attention backend: PyTorch SDPA, diffusers' classic processor, or xformers")
+    perf.add_argument("--channels-last", action="store_true", help="channels-last memory layout for UNet and ControlNet")
+    perf.add_argument("--compile", action="store_true", help="torch.compile UNet and ControlNet (compiled once per shape)")
+    perf.add_argument("--vae-slicing", action="store_true", help="VAE-decode one frame at a time")
+    perf.add_argument("--vae-tiling", action="store_true", help="VAE-decode in tiles (large frames)")
+    perf.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
+                      help="keep weights in CPU memory and move them to the GPU as used: whole models "
+                           "(little slower) or layer by layer (least GPU memory, much slower)")
+    perf.add_argument("--recompute-control-embedding", action="store_true",
+                      help="compute ControlNet's pose-map embedding at every step (default: once per frame; "
+                           "the numbers are the same)")
+
+
+# ---- 1. validate ------------------------------------------------------------------------------
+
+def apply_model_defaults(args):
+    """Fill the defaults that depend on --model; a built-in model with --base/--controlnet is refused."""
+    if args.model and (args.base or args.controlnet):
+        raise UserError(f"--model {args.model} is a built-in model: drop --base/--controlnet, or drop --model "
+                        "to load those weights")
+    if not args.model:
+        args.base, args.controlnet = args.base or models.DEFAULT_BASE, args.controlnet or models.DEFAULT_CONTROLNET
+    for name, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.controlnet_config = args.controlnet_config or os.path.join(HERE, "cldm_v21.yaml")
+
+
+def validate(args):
+    """Check every argument a user can get wrong, before anything loads; round sizes. Raises UserError."""
+    apply_model_defaults(args)
+    checks = [
+        (args.steps >= 1, "--steps must be at least 1"),
+        (args.guidance >= 0, "--guidance must be >= 0"),
+        (0 <= args.controlnet_scale <= MAX_CONTROLNET_SCALE, f"--controlnet-scale must be in [0, {MAX_CONTROLNET_SCALE}]"),
+        (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
+        (args.eta >= 0, "--eta must be >= 0"),
+        (0 < args.height <= MAX_SIDE and 0 < args.width <= MAX_SIDE,
+         f"--height and --width must be in 1..{MAX_SIDE} pixels"),
+        (args.start >= 0, "--start must be >= 0 seconds"),
+        (args.max_frames is None or args.max_frames >= 1, "--max-frames must be at least 1"),
+        (args.stride >= 1, "--stride must be at least 1"),
+        (args.fps is None or 0 < args.fps <= MAX_FPS, f"--fps must be in (0, {MAX_FPS:g}]"),
+        (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
+        (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
+        (args.anchor in ("first", "middle") or args.anchor.isdigit(), "--anchor must be first, middle or a frame number"),
+        (not (args.save_residuals and args.video is None), "--save-residuals needs --video"),
+        (args.residuals is None or os.path.isfile(args.residuals), f"--residuals file not found: {args.residuals}"),
+        (not args.save_residuals or os.path.isdir(os.path.dirname(os.path.abspath(args.save_residuals))),
+         f"--save-residuals {args.save_residuals}: its folder does not exist; create it or choose another path"),
+        (not args.save_residuals or not os.path.exists(args.save_residuals) or args.overwrite,
+         f"--save-residuals {args.save_residuals} exists; pass --overwrite to replace it or choose another path"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    for technique in (*techniques.TECHNIQUES, KeyframePlan):
+        technique.check(args)
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        rounded = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        if rounded != value:
+            log.warning("--%s %d is not a multiple of %d; using %d", name, value, SIZE_MULTIPLE, rounded)
+            setattr(args, name, rounded)
+    if args.video is None and args.poses is None:
+        args.poses = DEMO_POSES
+    if args.out is None:
+        args.out = os.path.join("outputs", time.strftime("run-%Y%m%d-%H%M%S"))
+
+
+# ---- 3. models, 4. techniques -----------------------------------------------------------------
+
+def load_models(args):
+    spec = models.ModelSpec(model=args.model, base=args.base, controlnet=args.controlnet,
+                            controlnet_config=args.controlnet_config, scheduler=args.scheduler,
+                            dtype=args.dtype, device=args.device,
+                            local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1",
+                            attention=args.attention, channels_last=args.channels_last, compile=args.compile,
+                            vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, offload=args.offload,
+                            reuse_control_embedding=not args.recompute_control_embedding)
+    return models.load_pipeline(spec)
+
+
+def generation_config(args):
+    noise_settings = {"drift": args.noise_drift} if args.noise == "progressive" else {}
+    return pipeline.GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                                     guidance=args.guidance, controlnet_scale=args.controlnet_scale,
+                                     control_start=args.control_start, control_end=args.control_end, seed=args.seed,
+                                     noise=args.noise, noise_settings=noise_settings, batch_size=args.batch_size,
+                                     eta=args.eta)
+
+
+def build_techniques(args, pipe, clip):
+    """The registered techniques the flags ask for, in TECHNIQUES order, and the pass driver."""
+    sources = Sources(args, pipe, clip)
+    if args.save_residuals:
+        sources.save(args.save_residuals)
+    found = [t for t in (cls.from_args(args, sources) for cls in techniques.TECHNIQUES) if t is not None]
+    planners = [t for t in found if type(t).plan_batch is not pipeline.Technique.plan_batch]
+    if len(planners) > 1:
+        raise UserError(f"{' and '.join(t.name for t in planners)} both plan the model's batch; choose one")
+    return found, KeyframePlan.from_args(args, sources)
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def run_command(args):
+    """Steps 1-6: validate, inputs, models, techniques and denoising, decoding, the record."""
+    validate(args)
+    timings, started = {}, time.perf_counter()
+    outputs.reset_peak_memory()
+    run_folder = outputs.RunFolder(args.out, args.overwrite, args.resume, outputs.resume_settings(args))
+    try:
+        # 2. poses and source frames (all reading happens before anything is written)
+        clip = inputs.load_clip(inputs.ClipSpec.from_args(args))
+        timings["inputs_s"] = time.perf_counter() - started
+        # 3. models
+        mark = time.perf_counter()
+        pipe = load_models(args)
+        timings["load_models_s"] = time.perf_counter() - mark
+        log.info("%d frames at %dx%d, %g fps, on %s (%s)", len(clip.pose_maps), args.width, args.height, clip.fps,
+                 pipe._execution_device, args.dtype)
+        outputs.write_inputs(run_folder, clip, args.width, args.height)
+        # 4. techniques and denoising (skipped when resuming after it finished)
+        mark = time.perf_counter()
+        found, driver = build_techniques(args, pipe, clip)
+        latents, stats = denoised(args, run_folder, pipe, clip, found, driver)
+        timings["denoise_s"] = time.perf_counter() - mark
+        # 5. decode and write frames and videos (frames already written are reused)
+        mark = time.perf_counter()
+        latents = latents.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
+        chunk = args.batch_size or predict.AUTO_BATCH_CPU
+        outputs.write_frames(run_folder, outputs.finished_frames(run_folder, pipe, latents, chunk, not args.quiet),
+                             clip)
+        timings["decode_write_s"] = time.perf_counter() - mark
+        timings["total_s"] = time.perf_counter() - started
+        # 6. record the run and publish the folder
+        run_folder.write_json("run.json", outputs.run_record(args, clip, pipe, found, driver, stats, timings))
+        run_folder.finish()
+    except OSError as error:  # disk full, file too large, read-only file system, permissions
+        if run_folder.lock is None:  # not writing yet: not a failure of the run folder
+            raise
+        run_folder.discard()
+        raise UserError(f"cannot write the run to {run_folder.partial}: {error.strerror or error}; free space or "
+                        "choose another --out (nothing of this run was kept)") from None
+    finally:
+        run_folder.release()
+    log.info("wrote %s (video.mp4, side_by_side.mp4, frames/, poses/, run.json) in %.1f s", run_folder.out,
+             timings["total_s"])
+    return 0
+
+
+def denoised(args, run_folder, pipe, clip, found, driver):
+    """The clip's clean latents and LoopStats: generated, or read back when resuming after them."""
+    checkpoint = outputs.load_checkpoint(run_folder) if args.resume else None
+    if checkpoint is not None:
+        log.info("resuming: denoised latents found in %s", run_folder.partial)
+        latents, counts = checkpoint
+        return latents, pipeline.LoopStats(**counts)
+    try:
+        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, driver,
+                                           progress=not args.quiet)
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
+                        f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
+    outputs.save_checkpoint(run_folder, latents, stats)
+    return latents, stats
