@@ -18,6 +18,19 @@ import shutil
 import sys
 import tempfile
 
+import torch
+import yaml
+from accelerate import init_empty_weights
+from diffusers import ControlNetModel
+from diffusers.pipelines.stable_diffusion.convert_from_ckpt import (
+    convert_ldm_unet_checkpoint,
+    create_unet_diffusers_config,
+    download_controlnet_from_original_ckpt,
+)
+from diffusers.utils import logging as diffusers_logging
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 import files
 from errors import UserError
 
@@ -30,14 +43,9 @@ BARE_KEY = "time_embed.0.weight"  # present at the top level when the ControlNet
 
 def load_state_dict(path, allow_unsafe_pickle=False):
     """Tensors of a checkpoint, unwrapped from any nesting under "state_dict" -> {name: tensor}."""
-    import torch
-
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     if path.endswith(SAFETENSORS):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(path)
         except (SafetensorError, OSError) as error:
@@ -62,7 +70,6 @@ def load_state_dict(path, allow_unsafe_pickle=False):
 
 def read_config(path):
     """The original (LDM) yaml as a dict; it must have a control_stage_config."""
-    import yaml
 
     if not os.path.isfile(path):
         raise UserError(f"config not found: {path}")
@@ -77,12 +84,6 @@ def read_config(path):
 
 def check_fits(state_dict, original_config, image_size, config_path):
     """Raise UserError naming the first ControlNet weight missing or shaped differently from the config."""
-    from accelerate import init_empty_weights
-    from diffusers import ControlNetModel
-    from diffusers.pipelines.stable_diffusion.convert_from_ckpt import (
-        convert_ldm_unet_checkpoint,
-        create_unet_diffusers_config,
-    )
 
     if BARE_KEY not in state_dict and not any(k.startswith(CONTROL_PREFIX) for k in state_dict):
         raise UserError(f"the checkpoint has no ControlNet weights (no '{CONTROL_PREFIX}*' keys, no bare '{BARE_KEY}')")
@@ -107,8 +108,6 @@ def check_fits(state_dict, original_config, image_size, config_path):
 def convert(checkpoint_path, config_path, image_size=512, extract_ema=False, upcast_attention=False,
             allow_unsafe_pickle=False):
     """Original ControlNet checkpoint + LDM yaml -> diffusers ControlNetModel (fp32, CPU)."""
-    from diffusers.pipelines.stable_diffusion.convert_from_ckpt import download_controlnet_from_original_ckpt
-    from safetensors.torch import save_file
 
     original_config = read_config(config_path)
     state_dict = load_state_dict(checkpoint_path, allow_unsafe_pickle)
@@ -128,8 +127,6 @@ def convert_to_folder(checkpoint_path, config_path, dump_path, image_size=512, e
                       upcast_attention=False, half=False, to_safetensors=True, allow_unsafe_pickle=False,
                       overwrite=True):
     """Convert and save under ``dump_path`` via a temporary folder; returns the reloaded model."""
-    import torch
-    from diffusers import ControlNetModel
 
     dump_path = os.path.normpath(dump_path)
     if os.path.exists(dump_path) and not overwrite:
@@ -178,7 +175,6 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
     try:

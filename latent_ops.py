@@ -52,17 +52,6 @@ def channel_stats(latents):
     return flat.mean(1)[:, None, None], flat.std(1)[:, None, None]
 
 
-def match_channel_stats(latents, source_reference, target_reference, eps=1e-6):
-    """Map latents from the source's statistics to the target's, channel by channel; (F, C, H, W).
-
-    x <- (x - mu_src) / sigma_src * sigma_tgt + mu_tgt, the moments taken from the two
-    references (C, H, W). Applied to both ends of a difference, it scales d_i by sigma_tgt / sigma_src.
-    """
-    mean_src, std_src = channel_stats(source_reference)
-    mean_tgt, std_tgt = channel_stats(target_reference)
-    return (latents - mean_src) / (std_src + eps) * std_tgt + mean_tgt
-
-
 def flow_grid(flow):
     """Sampling grid for grid_sample from a flow in pixels; (F, H, W, 2) (dx, dy) -> (F, H, W, 2) in [-1, 1]."""
     _, height, width, _ = flow.shape

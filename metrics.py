@@ -6,7 +6,6 @@ Each metric is a pure function of frames (F, H, W, 3) uint8 and, where it needs 
 clip: the left half of the run's side_by_side.mp4 (the source video, or the pose maps where the
 run had no video). Results go to RUN/metrics.json.
 """
-import argparse
 import json
 import logging
 import os
@@ -23,8 +22,9 @@ import files
 import flow
 import pose_extract
 import pose_tracking
-import toyworld
-from errors import UserError
+import toy_metrics
+import video_io
+from errors import HelpFormatter, UserError
 
 log = logging.getLogger(__name__)
 PCK_THRESHOLD = 0.1  # of the person's box size, as in the pose-fidelity metrics of ControlVideo-style papers
@@ -124,13 +124,7 @@ def read_pngs(run_dir, sub):
     names = sorted(n for n in os.listdir(folder) if n.endswith(".png")) if os.path.isdir(folder) else []
     if not names:
         raise UserError(f"{run_dir} has no {sub}/*.png; is it a finished sdvideo run? (run sdvideo again)")
-    frames = []
-    for name in names:
-        try:
-            with Image.open(os.path.join(folder, name)) as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        except OSError as error:
-            raise UserError(f"{os.path.join(folder, name)} is damaged ({error}); run sdvideo again") from None
+    frames = video_io.read_images([os.path.join(folder, name) for name in names])
     if len({f.shape for f in frames}) != 1:
         raise UserError(f"{folder} holds frames of different sizes; run sdvideo again")
     return np.stack(frames)
@@ -195,8 +189,8 @@ def evaluate_run(run_dir, clip=None, detector=None):
         results["pose_pck"] = pck(detected, control)
     if record["args"].get("model") == "toy" and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
         control = pose_extract.read_poses(control_path).keypoints
-        results["pose_iou"] = toyworld.pose_iou(frames, control, record["args"]["prompt"])
-        results["shirt_color_accuracy"] = toyworld.color_accuracy(frames, control, record["args"]["prompt"])
+        results["pose_iou"] = toy_metrics.pose_iou(frames, control, record["args"]["prompt"])
+        results["shirt_color_accuracy"] = toy_metrics.color_accuracy(frames, control, record["args"]["prompt"])
     cost = record.get("cost", {})
     results.update({k: cost.get(k) for k in ("seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")})
     files.write_json(os.path.join(run_dir, "metrics.json"), results)
@@ -223,7 +217,7 @@ def evaluation_options(args):
 
 def evaluate_command_parser(subparsers):
     parser = subparsers.add_parser("evaluate", help="metrics of finished runs -> a table and RUN/metrics.json",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=HelpFormatter)
     add_evaluation_arguments(parser)
     parser.add_argument("runs", nargs="+", help="run folders")
     parser.set_defaults(func=evaluate_command)

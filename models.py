@@ -27,6 +27,7 @@ from diffusers import (
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+import convert_original_controlnet_to_diffusers as converter
 import predict
 from errors import UserError
 
@@ -218,8 +219,6 @@ def file_hash(path, chunk_size=1 << 24):
 
 def converted_controlnet_dir(spec):
     """Convert an original ControlNet checkpoint once, keyed by file and config hash; return the folder."""
-    from convert_original_controlnet_to_diffusers import convert_to_folder
-
     for path, what in ((spec.controlnet, "ControlNet checkpoint"), (spec.controlnet_config, "--controlnet-config")):
         if not os.path.isfile(path):
             raise UserError(f"{what} not found: {path}")
@@ -227,7 +226,7 @@ def converted_controlnet_dir(spec):
     folder = os.path.join(cache_dir(), "controlnets", key)
     if not os.path.isfile(os.path.join(folder, "config.json")):
         log.info("converting %s to diffusers (cached in %s)", spec.controlnet, folder)
-        convert_to_folder(spec.controlnet, spec.controlnet_config, folder)
+        converter.convert_to_folder(spec.controlnet, spec.controlnet_config, folder)
     return folder
 
 

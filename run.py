@@ -19,7 +19,7 @@ import pipeline
 import pose_extract
 import predict
 import techniques
-from errors import UserError
+from errors import HelpFormatter, UserError
 from keyframes import KeyframePlan
 from sources import Sources
 
@@ -74,15 +74,6 @@ def batch_size_arg(value):
     if size < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (or 'auto'), got {size}")
     return size
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown where there is one to show (not "None", not where the help already says)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def run_command_parser(subparsers):

@@ -24,6 +24,8 @@ from transformers.utils import logging as transformers_logging
 # which sdvideo never uses (and which breaks diffusers on CPU-only machines).
 transformers_logging.set_verbosity_error()
 
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+
 import metrics  # noqa: E402
 import pose_extract  # noqa: E402
 import run  # noqa: E402
@@ -71,8 +73,6 @@ def configure_logging(quiet):
     warnings (the CLIP 77-token truncation among them) shown, transformers' advice about optional
     packages we never use (torchvision) not; --quiet also hides their loading bars. No global
     warning filters."""
-    from diffusers.utils import logging as diffusers_logging
-
     logging.basicConfig(format="%(message)s")
     logging.getLogger().setLevel(logging.WARNING if quiet else logging.INFO)
     transformers_logging.set_verbosity_error()

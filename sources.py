@@ -9,6 +9,8 @@ import logging
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import files
 import flow
@@ -21,8 +23,6 @@ log = logging.getLogger(__name__)
 
 def save_bank(path, source_latents, keypoints=None, metadata=None):
     """Save a reference clip's source latents (F, 4, h, w) and keypoints (F, 18, 3) as safetensors."""
-    from safetensors.torch import save_file
-
     tensors = {"source_latents": source_latents.float().cpu().contiguous()}
     if keypoints is not None:
         tensors["keypoints"] = torch.as_tensor(keypoints, dtype=torch.float32)
@@ -32,8 +32,6 @@ def save_bank(path, source_latents, keypoints=None, metadata=None):
 
 def load_bank(path):
     """(source_latents, keypoints or None, metadata) from save_bank's file."""
-    from safetensors import safe_open
-
     with safe_open(path, framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = json.loads((f.metadata() or {}).get("sdvideo", "{}"))

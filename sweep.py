@@ -9,7 +9,6 @@ with the same flags is skipped, so a crashed sweep resumes by running the same c
 process then writes ``results.csv``, ``results.md`` (sorted by ``sort_by``), ``plots/*.png`` and
 ``report.html`` (the side-by-side videos inline, sortable by any metric, opens from the file system).
 """
-import argparse
 import contextlib
 import difflib
 import io
@@ -25,7 +24,7 @@ import yaml
 from accelerate import PartialState
 
 import metrics
-from errors import UserError
+from errors import HelpFormatter, UserError
 from report import HIGHER_IS_BETTER, METRICS, write_results
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ def sweep_command_parser(subparsers, generate, run_flags):
     """``sweep CONFIG.yaml``; generate(argv) -> exit status runs one sdvideo run (sdvideo.main);
     run_flags: the dests of the run command's flags, the keys a setting may use."""
     parser = subparsers.add_parser("sweep", help="many runs from one YAML file, evaluated and compared",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=HelpFormatter)
     metrics.add_evaluation_arguments(parser)
     parser.add_argument("config", help="sweep YAML (see demo/toy_sweep.yaml)")
     parser.set_defaults(func=lambda args: sweep_command(args, parser, generate, run_flags))

@@ -154,16 +154,25 @@ def diffusion_loss(noise_pred, noise, timesteps, scheduler):
     return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 
-def train(args):
-    torch.manual_seed(args.seed)
-    os.makedirs(args.work, exist_ok=True)
-    tokenizer = models.build_tiny_tokenizer()
-    vae, text_encoder, unet = build_models(tokenizer)
-    swing = swing_poses()
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in models.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
+class Noiser:
+    """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule."""
 
-    # 1. VAE: L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures),
-    #    a small KL term as in SD's autoencoder
+    def __init__(self, vae):
+        self.vae, self.scaling = vae, vae.config.scaling_factor
+        self.scheduler = DDPMScheduler(**{k: v for k, v in models.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
+
+    def __call__(self, images):
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.sample() * self.scaling
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),))
+        # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+        return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def train_vae(vae, swing, args):
+    """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures), a
+    small KL term as in SD's autoencoder; then the latent scaling factor."""
     def vae_loss(rng):
         images, masks, _, _ = batch(rng, args.vae_batch, swing)
         posterior = vae.encode(images).latent_dist
@@ -178,25 +187,16 @@ def train(args):
         images = batch(np.random.default_rng([9, 0]), 256, swing)[0]
         std = vae.encode(images).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215
-    scaling = vae.config.scaling_factor
 
-    def latents_of(images):
-        with torch.no_grad():
-            return vae.encode(images).latent_dist.sample() * scaling
 
-    def noised(rng, images):
-        latents = latents_of(images)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
-        return noise_scheduler.add_noise(latents, noise, timesteps), noise, timesteps
-
-    # 2. UNet + text encoder on (picture, prompt), no pose
+def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
+    """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batch()."""
     def unet_loss(rng):
         images, _, _, prompts = batch(rng, args.batch, swing)
-        noisy, noise, timesteps = noised(rng, images)
+        noisy, noise, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
-                              noise_scheduler)
+                              noiser.scheduler)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps),
@@ -204,36 +204,55 @@ def train(args):
     unet.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
 
-    # 3. ControlNet from the UNet, on pose maps, the UNet frozen
+
+def train_controlnet(unet, text_encoder, tokenizer, noiser, swing, args):
+    """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen."""
     controlnet = make_controlnet(unet)
 
     def controlnet_loss(rng):
         images, _, maps, prompts = batch(rng, args.batch, swing)
-        noisy, noise, timesteps = noised(rng, images)
+        noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
         down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=maps, return_dict=False)
         noise_pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
                           mid_block_additional_residual=mid).sample
-        return diffusion_loss(noise_pred, noise, timesteps, noise_scheduler)
+        return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
 
     run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps),
               {"controlnet": controlnet}, controlnet_loss, args)
+    return controlnet.eval()
 
-    # 4. one diffusers folder, written whole under a temporary name, then moved into place
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet.eval(),
-        scheduler=DDIMScheduler(**models.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    parent = os.path.dirname(os.path.abspath(args.out))
+
+def export(pipe, out):
+    """One diffusers folder, written whole under a temporary name, then moved into place."""
+    parent = os.path.dirname(os.path.abspath(out))
     with tempfile.TemporaryDirectory(dir=parent, prefix=".toy-model-") as temp:
         pipe.save_pretrained(temp, safe_serialization=True)
-        if os.path.exists(args.out):
-            shutil.rmtree(args.out)
-        os.replace(temp, args.out)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(temp, out)
         os.makedirs(temp)  # TemporaryDirectory removes it on exit
-    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs)
-    log.info("wrote %s (%.1f MB)", args.out, total / 1e6)
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    log.info("wrote %s (%.1f MB)", out, total / 1e6)
+
+
+def train(args):
+    """The three stages in order, each resumed from its checkpoint, then the folder."""
+    torch.manual_seed(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    tokenizer = models.build_tiny_tokenizer()
+    vae, text_encoder, unet = build_models(tokenizer)
+    swing = swing_poses()
+    # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
+    train_vae(vae, swing, args)
+    noiser = Noiser(vae)
+    train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
+    controlnet = train_controlnet(unet, text_encoder, tokenizer, noiser, swing, args)
+    export(StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+        scheduler=DDIMScheduler(**models.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False), args.out)
 
 
 def main(argv=None):

@@ -118,19 +118,24 @@ def count_frames(path):
             raise UserError(f"video {path} is corrupt ({error}); re-encode it with ffmpeg") from None
 
 
+def read_images(paths):
+    """RGB images (H, W, 3) uint8 from files; an unreadable one is a UserError naming it."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB")))
+        except OSError as error:
+            raise UserError(f"cannot read image {path} ({error}); it is damaged or not an image") from None
+    return images
+
+
 def read_image_folder(path, width, height, fit):
     """Every image in a folder, in name order, fitted to (height, width) -> list of (H, W, 3) uint8."""
     names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise UserError(f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    images = []
-    for name in names:
-        try:
-            with Image.open(os.path.join(path, name)) as image:
-                images.append(fit_image(np.asarray(image.convert("RGB")), width, height, fit))
-        except OSError as error:
-            raise UserError(f"cannot read image {os.path.join(path, name)} ({error})") from None
-    return images
+    return [fit_image(image, width, height, fit) for image in read_images([os.path.join(path, n) for n in names])]
 
 
 def write_png(path, image):

@@ -9,7 +9,7 @@ the toy-world section of BENCHMARKS.md (between its markers). The technique tabl
 ``sdvideo.py sweep demo/toy_sweep.yaml``; its run folders stay in outputs/toy-sweep.
 
 Measured at the toy model's native size (64 px), 20 DDIM steps, guidance --guidance:
-- pose following: the figure segmented in each generated picture (toyworld.segment_figure:
+- pose following: the figure segmented in each generated picture (toy_metrics.segment_figure:
   colour distance from the prompt's nuisance-free background under the picture's own lighting)
   against the renderer's true mask of the held-out pose, IoU;
 - prompt following: the torso's dominant vocabulary colour is the prompt's shirt colour;
@@ -25,13 +25,20 @@ import shutil
 import sys
 import time
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
 import pipeline  # noqa: E402
+import pose_extract  # noqa: E402
+import sdvideo  # noqa: E402
+import sweep  # noqa: E402
+import toy_metrics as tm  # noqa: E402
 import toyworld as tw  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -50,8 +57,6 @@ def generate(pipe, keypoints, prompt, steps, guidance, noise="independent", seed
 
 
 def tw_map(keypoints):
-    import pose_extract
-
     return pose_extract.draw_openpose(keypoints, tw.SIZE, tw.SIZE)
 
 
@@ -65,8 +70,8 @@ def following(pipe, count, steps, guidance):
         trousers = colors[(k + 3) % len(colors)]
         prompt = tw.Look(shirt, trousers, background).prompt("a person")
         pictures = generate(pipe, poses, prompt, steps, guidance, seed=100 * k)
-        ious[background].append(tw.pose_iou(pictures, poses, prompt))
-        hits[shirt].append(tw.color_accuracy(pictures, poses, prompt))
+        ious[background].append(tm.pose_iou(pictures, poses, prompt))
+        hits[shirt].append(tm.color_accuracy(pictures, poses, prompt))
     return ({b: float(np.mean(v)) for b, v in ious.items()}, {c: float(np.mean(v)) for c, v in hits.items()})
 
 
@@ -85,9 +90,6 @@ def nuisance_flicker(pipe, steps, guidance, copies=8):
 
 def run_techniques():
     """sdvideo.py sweep demo/toy_sweep.yaml (a fresh run of every setting) -> rows and the sweep folder."""
-    import sdvideo
-    import sweep
-
     config = sweep.load_config(SWEEP)
     shutil.rmtree(config["out"], ignore_errors=True)
     rows = sweep.run_sweep(SWEEP, sdvideo.main, {"clip": None, "detector": None})
@@ -96,9 +98,6 @@ def run_techniques():
 
 def strip(run_folder, path):
     """A PNG of the pose maps (top) and generated frames (bottom) at STRIP_FRAMES, 2x."""
-    import cv2
-    from PIL import Image
-
     def load(sub, i):
         return np.asarray(Image.open(os.path.join(run_folder, sub, f"{i:05d}.png")).convert("RGB"))
 
@@ -191,8 +190,6 @@ def main(argv=None):
         strip(os.path.join(sweep_out, "runs", row["run"]),
               os.path.join(RESULTS, "toy_strips", row["run"].removeprefix("swing-") + ".png"))
     shutil.copy(os.path.join(sweep_out, "plots", "trade_off.png"), os.path.join(RESULTS, "toy_trade_off.png"))
-    import torch
-
     measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60,
                     techniques=rows)

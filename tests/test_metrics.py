@@ -141,8 +141,8 @@ def test_metrics_read_the_lossless_source_frames(finished_run):
     (lambda run: (run / "run.json").write_text("{not json"), "run.json is damaged"),
     (lambda run: (run / "run.json").write_text("[]"), "not an sdvideo run record"),
     (lambda run: [os.remove(run / "frames" / n) for n in os.listdir(run / "frames")], "has no frames/*.png"),
-    (lambda run: (run / "frames" / "00001.png").write_bytes(b"\x89PNG broken"), "00001.png is damaged"),
-    (lambda run: (run / "source" / "00002.png").write_bytes(b"nothing"), "00002.png is damaged"),
+    (lambda run: (run / "frames" / "00001.png").write_bytes(b"\x89PNG broken"), "00001.png ("),
+    (lambda run: (run / "source" / "00002.png").write_bytes(b"nothing"), "00002.png ("),
     (lambda run: os.remove(run / "source" / "00003.png"), "4 frames but 3 source frames"),
 ])
 def test_evaluate_on_a_damaged_run_is_one_line(finished_run, tmp_path, capsys, damage, message):

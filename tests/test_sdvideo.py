@@ -379,3 +379,17 @@ def test_quiet_is_silent_and_a_truncated_prompt_is_warned_once(tmp_path):
     before = list(warnings.filters)
     assert run_cli("--max-frames", "1", "--out", str(tmp_path / "c")) == 0
     assert warnings.filters == before  # no global warning filters
+
+
+@pytest.mark.parametrize("command", ["run", "evaluate", "sweep", "extract"])
+def test_help_shows_real_defaults_only(command, capsys):
+    assert sdvideo.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and ROOT not in text and "--" in text
+
+
+def test_run_is_the_default_command_and_each_command_has_its_parser(tmp_path):
+    assert run_cli("--max-frames", "1", "--out", str(tmp_path / "a")) == 0
+    assert sdvideo.main(["run", *FAST, "--max-frames", "1", "--out", str(tmp_path / "b")]) == 0
+    assert sdvideo.main(["evaluate", str(tmp_path / "b"), "--no-clip", "--quiet"]) == 0
+    assert (tmp_path / "b" / "metrics.json").exists()

@@ -1,0 +1,41 @@
+"""The toy world's measures against the renderer's own pictures, whose answers are known."""
+import numpy as np
+import pytest
+
+import pose_extract
+import toy_metrics as tm
+import toyworld as tw
+
+
+@pytest.fixture(scope="module")
+def swing():
+    sequence = pose_extract.read_poses("demo/golf_swing.json")
+    return pose_extract.fit_keypoints(sequence.keypoints, tw.SIZE / 512, (0.0, 0.0))
+
+
+def test_the_shirt_colour_is_drawn_on_the_torso_and_read_back(swing):
+    rng = np.random.default_rng(0)
+    for shirt in tw.COLORS:
+        trousers = "white" if shirt != "white" else "black"
+        image, _ = tw.render(swing[0], tw.Look(shirt, trousers, "studio"), tw.random_nuisance(rng))
+        assert tm.dominant_color(image, tm.torso_mask(swing[0])) == shirt
+
+
+def test_segmentation_finds_the_rendered_figure_on_every_background():
+    rng = np.random.default_rng(1)
+    scores = {b: [] for b in tw.BACKGROUNDS}
+    for _ in range(120):
+        image, mask, _, _, look = tw.sample(rng)
+        scores[look.background].append(tm.iou(tm.segment_figure(image, look.background), mask))
+    assert np.mean(scores["studio"]) > 0.85 and np.mean(scores["golf course"]) > 0.8
+    assert all(np.mean(v) > 0.7 for v in scores.values())
+
+
+def test_pose_iou_and_colour_accuracy_of_true_renders_and_of_wrong_ones(swing):
+    prompt = "a golfer in a blue shirt and black trousers, in a studio"
+    frames, _ = tw.render_clip(swing[::8], prompt, seed=0)
+    assert tm.pose_iou(frames, swing[::8], prompt) > 0.85
+    assert tm.pose_iou(frames, swing[::8][::-1], prompt) < 0.75  # frames against other poses
+    assert tm.color_accuracy(frames, swing[::8], prompt) == 1.0
+    assert tm.color_accuracy(frames, swing[::8], prompt.replace("blue", "red")) == 0.0
+    assert tm.color_accuracy(frames, swing[::8], "a golfer") is None
