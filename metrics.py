@@ -27,6 +27,7 @@ import video_io
 from errors import HelpFormatter, UserError
 
 log = logging.getLogger(__name__)
+STATIC_FLOW = 0.5  # pixels: where the source moves less, it counts as static background
 PCK_THRESHOLD = 0.1  # of the person's box size, as in the pose-fidelity metrics of ControlVideo-style papers
 
 
@@ -38,13 +39,14 @@ def warp_frame(frame, backward_flow):
     return cv2.remap(frame, coordinates[..., 0], coordinates[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def warping_error(frames, source_frames):
+def warping_error(frames, source_frames, motion=None):
     """Pixel MSE between each generated frame and its predecessor warped by the source's flow,
     over pixels that pass the forward-backward check; colours in [0, 1]. Lower is steadier.
+    motion: the source's (flows, masks) from flow.backward_flows, when computed already.
 
     E = mean_t sum_p m_t(p) |F_t(p) - W(F_{t-1})(p)|^2 / (3 sum_p m_t(p))
     """
-    flows, masks = flow.backward_flows(np.asarray(source_frames))
+    flows, masks = motion or flow.backward_flows(np.asarray(source_frames))
     errors = []
     for t in range(1, len(frames)):
         warped = warp_frame(frames[t - 1], flows[t - 1]).astype(np.float64) / 255
@@ -52,6 +54,52 @@ def warping_error(frames, source_frames):
         if masks[t - 1].sum() > 0:
             errors.append(float((squared * masks[t - 1]).sum() / (3 * masks[t - 1].sum())))
     return float(np.mean(errors)) if errors else 0.0
+
+
+def ssim_map(a, b):
+    """Per-pixel SSIM of two (H, W, 3) uint8 images, averaged over channels (Wang et al. 2004:
+    11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03) -> (H, W).
+
+    SSIM = (2 mu_a mu_b + C1)(2 cov_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(image):
+        return cv2.GaussianBlur(image, (11, 11), 1.5)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    ssim = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim.mean(axis=-1)
+
+
+def warp_ssim(frames, source_frames, motion=None):
+    """RAVE's warp SSIM: SSIM between each frame and its predecessor warped by the source's backward
+    flow, over the pixels that pass the forward-backward check (occlusions left out). Higher is
+    steadier along the motion; 1 for a clip that follows the source's motion exactly."""
+    flows, masks = motion or flow.backward_flows(np.asarray(source_frames))
+    scores = []
+    for t in range(1, len(frames)):
+        if masks[t - 1].sum() > 0:
+            ssim = ssim_map(warp_frame(frames[t - 1], flows[t - 1]), frames[t])
+            scores.append(float((ssim * masks[t - 1]).sum() / masks[t - 1].sum()))
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def background_flickering(frames, source_frames, motion=None):
+    """VBench's temporal flickering, (255 - mean |F_i - F_{i+1}|) / 255, over the static background
+    only: the pixels where the source's flow is reliable and under STATIC_FLOW pixels (a swing
+    moves; over the whole frame, motion would count as flicker). 1: nothing changes where nothing
+    moves; higher is better."""
+    flows, masks = motion or flow.backward_flows(np.asarray(source_frames))
+    differences = []
+    for t in range(1, len(frames)):
+        static = (np.linalg.norm(flows[t - 1], axis=-1) < STATIC_FLOW) & (masks[t - 1] > 0)
+        if static.any():
+            change = np.abs(frames[t].astype(np.float64) - frames[t - 1].astype(np.float64)).mean(axis=-1)
+            differences.append(float(change[static].mean()))
+    return (255 - float(np.mean(differences))) / 255 if differences else 1.0
 
 
 def mean_temporal_difference(frames):
@@ -85,8 +133,10 @@ def pck(detected, control, threshold=PCK_THRESHOLD):
 
 
 def clip_scores(frames, prompt, model, processor, batch_size=8):
-    """(frame consistency: mean cosine of consecutive frames' CLIP image embeddings,
-        prompt consistency: mean cosine between each frame and the prompt)."""
+    """CLIP frame consistency in the field's two forms and prompt consistency:
+    (consecutive: mean cosine of consecutive frames' image embeddings, FRESCO's "Tem-Con";
+     all pairs: mean cosine over every pair of frames, as LOVEU-TGVE and RAVE compute it;
+     prompt: mean cosine between each frame and the prompt)."""
     embeddings = []
     with torch.no_grad():
         for start in range(0, len(frames), batch_size):
@@ -97,8 +147,11 @@ def clip_scores(frames, prompt, model, processor, batch_size=8):
         text_embedding = _as_tensor(model.get_text_features(**text))
     images = torch.nn.functional.normalize(torch.cat(embeddings).float(), dim=-1)
     text_embedding = torch.nn.functional.normalize(text_embedding.float(), dim=-1)
-    frame_consistency = float((images[1:] * images[:-1]).sum(-1).mean()) if len(images) > 1 else 1.0
-    return frame_consistency, float((images @ text_embedding.T).mean())
+    count = len(images)
+    consecutive = float((images[1:] * images[:-1]).sum(-1).mean()) if count > 1 else 1.0
+    pairs = images @ images.T
+    all_pairs = float((pairs.sum() - pairs.diagonal().sum()) / (count * (count - 1))) if count > 1 else 1.0
+    return consecutive, all_pairs, float((images @ text_embedding.T).mean())
 
 
 def _as_tensor(features):
@@ -178,10 +231,13 @@ def evaluate_run(run_dir, clip=None, detector=None):
     if len(source) != len(frames) or source.shape[1:3] != frames.shape[1:3]:
         raise UserError(f"{run_dir}: {len(frames)} frames but {len(source)} source frames of another size or "
                         "count; run sdvideo again")
-    results = {"frames": len(frames), "warping_error": warping_error(frames, source), "flicker": flicker(frames, source)}
+    motion = flow.backward_flows(source)  # once, for every metric that follows the source's motion
+    results = {"frames": len(frames), "warping_error": warping_error(frames, source, motion),
+               "warp_ssim": warp_ssim(frames, source, motion), "flicker": flicker(frames, source),
+               "background_flickering": background_flickering(frames, source, motion)}
     if clip is not None:
-        results["clip_frame_consistency"], results["clip_prompt_consistency"] = clip_scores(
-            frames, record["args"]["prompt"], *clip)
+        (results["clip_consistency_consecutive"], results["clip_consistency_all_pairs"],
+         results["clip_prompt_consistency"]) = clip_scores(frames, record["args"]["prompt"], *clip)
     control_path = os.path.join(run_dir, "poses.json")
     if detector is not None and os.path.isfile(control_path):
         control = pose_extract.read_poses(control_path).keypoints

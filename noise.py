@@ -64,9 +64,24 @@ def noise_slerp(generators, shape):
     return torch.stack([slerp(first, last, t) for t in ts])
 
 
+def noise_flow_gated(generators, shape, moving):
+    """Flow-gated noise (Ground-A-Video, ICLR 2024, its smoothing of the initial noise); returns
+    (F, C, H, W). moving: (F-1, H, W) in {0, 1}, 1 where the source clip moves between frames n-1
+    and n (its optical flow above a threshold).
+
+    z_0 = e_0,  z_n = z_{n-1} + m_n (e_n - z_{n-1}): where the source is still a frame keeps its
+    predecessor's noise, where it moves its own; each element stays N(0, 1).
+    """
+    latents = [_draw(generators[0], shape)]
+    for generator, mask in zip(generators[1:], moving):
+        latents.append(torch.where(mask.bool()[None], _draw(generator, shape), latents[-1]))  # the formula, exactly
+    return torch.stack(latents)
+
+
 NOISE = {
     "independent": noise_independent,
     "fixed": noise_fixed,
     "progressive": noise_progressive,
     "slerp": noise_slerp,
+    "flow-gated": noise_flow_gated,
 }

@@ -234,7 +234,8 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
     """run.json: arguments, seeds, techniques, models (only those loaded), versions, cost and the
     shell command that reproduces the run."""
     num_frames = len(clip.pose_maps)
-    noise_settings = {"drift": args.noise_drift} if args.noise == "progressive" else {}
+    noise_settings = {"progressive": {"drift": args.noise_drift},
+                      "flow-gated": {"threshold_px": args.noise_flow_threshold}}.get(args.noise, {})
     return {
         "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
         "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],

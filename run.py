@@ -41,7 +41,7 @@ SIZE_MULTIPLE = 8
 MAX_SIDE = 2048  # SD 2.1 was trained at 512/768; 2048 px already needs --vae-tiling and a large GPU
 MAX_FPS = 240.0
 MAX_CONTROLNET_SCALE = 5.0
-NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp")
+NOISE_CHOICES = ("independent", "fixed", "progressive", "slerp", "flow-gated")
 # Presets: plain data keyed by technique name (and "noise", "common") and field.
 PRESETS = {
     "baseline": {"noise": {"kind": "independent"}},
@@ -53,7 +53,8 @@ PRESETS = {
     "t2v-zero": {"noise": {"kind": "fixed"}, "cross-frame-attention": {"mode": "anchor"},
                  "common": {"anchor": "first"}},
 }
-COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift"}, "common": {"anchor": "anchor"}}
+COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift", "flow_threshold": "noise_flow_threshold"},
+                "common": {"anchor": "anchor"}}
 
 
 def preset_defaults(name):
@@ -91,6 +92,9 @@ def run_command_parser(subparsers):
                            "a progressive random walk, or a slerp between two seeds")
     tech.add_argument("--noise-drift", type=float, default=0.1,
                       help="progressive noise: radians per frame, z_i = cos(d) z_(i-1) + sin(d) e_i")
+    tech.add_argument("--noise-flow-threshold", type=float, default=1.0,
+                      help="flow-gated noise: a latent pixel keeps the previous frame's noise where the source "
+                           "moves less than this many pixels between the two frames (needs --video)")
     tech.add_argument("--anchor", default="first",
                       help="reference frame of copying, blending, differences, cross-frame attention: first|middle|N")
     for technique in (*techniques.TECHNIQUES, KeyframePlan):
@@ -209,6 +213,9 @@ def validate(args):
         (args.fps is None or 0 < args.fps <= MAX_FPS, f"--fps must be in (0, {MAX_FPS:g}]"),
         (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
         (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
+        (args.noise_flow_threshold >= 0, "--noise-flow-threshold must be >= 0 pixels"),
+        (not (args.noise == "flow-gated" and args.video is None),
+         "--noise flow-gated needs --video: the gate is the source clip's optical flow"),
         (args.anchor in ("first", "middle") or args.anchor.isdigit(), "--anchor must be first, middle or a frame number"),
         (not (args.save_residuals and args.video is None), "--save-residuals needs --video"),
         (args.residuals is None or os.path.isfile(args.residuals), f"--residuals file not found: {args.residuals}"),
@@ -247,18 +254,26 @@ def load_models(args):
     return models.load_pipeline(spec)
 
 
-def generation_config(args):
-    noise_settings = {"drift": args.noise_drift} if args.noise == "progressive" else {}
+def noise_settings(args, sources=None):
+    """The --noise scheme's settings (flow-gated: the source's motion mask, from ``sources``)."""
+    if args.noise == "progressive":
+        return {"drift": args.noise_drift}
+    if args.noise == "flow-gated" and sources is not None:
+        return {"moving": sources.moving(args.noise_flow_threshold)}
+    return {}
+
+
+def generation_config(args, sources=None):
     return pipeline.GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                                      guidance=args.guidance, controlnet_scale=args.controlnet_scale,
                                      control_start=args.control_start, control_end=args.control_end, seed=args.seed,
-                                     noise=args.noise, noise_settings=noise_settings, batch_size=args.batch_size,
+                                     noise=args.noise, noise_settings=noise_settings(args, sources),
+                                     batch_size=args.batch_size,
                                      eta=args.eta)
 
 
-def build_techniques(args, pipe, clip):
+def build_techniques(args, sources):
     """The registered techniques the flags ask for, in TECHNIQUES order, and the pass driver."""
-    sources = Sources(args, pipe, clip)
     if args.save_residuals:
         sources.save(args.save_residuals)
     found = [t for t in (cls.from_args(args, sources) for cls in techniques.TECHNIQUES) if t is not None]
@@ -289,8 +304,9 @@ def run_command(args):
         outputs.write_inputs(run_folder, clip, args.width, args.height)
         # 4. techniques and denoising (skipped when resuming after it finished)
         mark = time.perf_counter()
-        found, driver = build_techniques(args, pipe, clip)
-        latents, stats = denoised(args, run_folder, pipe, clip, found, driver)
+        sources = Sources(args, pipe, clip)
+        found, driver = build_techniques(args, sources)
+        latents, stats = denoised(args, run_folder, pipe, clip, found, driver, sources)
         timings["denoise_s"] = time.perf_counter() - mark
         # 5. decode and write frames and videos (frames already written are reused)
         mark = time.perf_counter()
@@ -316,7 +332,7 @@ def run_command(args):
     return 0
 
 
-def denoised(args, run_folder, pipe, clip, found, driver):
+def denoised(args, run_folder, pipe, clip, found, driver, sources):
     """The clip's clean latents and LoopStats: generated, or read back when resuming after them."""
     checkpoint = outputs.load_checkpoint(run_folder) if args.resume else None
     if checkpoint is not None:
@@ -324,7 +340,7 @@ def denoised(args, run_folder, pipe, clip, found, driver):
         latents, counts = checkpoint
         return latents, pipeline.LoopStats(**counts)
     try:
-        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args), found, driver,
+        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args, sources), found, driver,
                                            progress=not args.quiet)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "

@@ -90,6 +90,13 @@ class Sources:
             self._flows = torch.from_numpy(flows), torch.from_numpy(masks)[:, None]
         return self._flows
 
+    def moving(self, threshold):
+        """Per latent pixel and frame pair, 1 where the source's flow exceeds ``threshold`` source
+        pixels (unreliable flow counts as moving), (F-1, h, w) float: flow-gated noise's mask."""
+        flows, masks = self.flows()
+        speed = flows.norm(dim=-1) * self.pipe.vae_scale_factor  # latent pixels -> source pixels
+        return ((speed > threshold) | (masks[:, 0] < 0.5)).float()
+
     def save(self, path):
         """--save-residuals: the source latents and the clip's poses."""
         save_bank(path, self.latents(), self.clip.keypoints,

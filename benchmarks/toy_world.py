@@ -108,12 +108,13 @@ def strip(run_folder, path):
 
 
 def table(rows, baseline):
-    lines = ["| technique | flicker | warping error | vs independent | pose IoU | shirt colour | s / frame "
-             "| UNet evals / frame | strip |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| technique | flicker | background flickering | warping error | vs independent | warp SSIM | pose IoU "
+             "| shirt colour | s / frame | UNet evals / frame | strip |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         change = row["warping_error"] / baseline - 1
-        lines.append(f"| {row['run'].removeprefix('swing-')} | {row['flicker']:.3f} | {row['warping_error']:.5f} | "
-                     f"{change:+.0%} | {row['pose_iou']:.3f} | {row['shirt_color_accuracy']:.2f} | "
+        lines.append(f"| {row['run'].removeprefix('swing-')} | {row['flicker']:.3f} | {row['background_flickering']:.4f} | "
+                     f"{row['warping_error']:.5f} | {change:+.0%} | {row['warp_ssim']:.3f} | "
+                     f"{row['pose_iou']:.3f} | {row['shirt_color_accuracy']:.2f} | "
                      f"{row['seconds_per_frame']:.3f} | {row['unet_evals_per_frame']:.1f} | "
                      f"[png](benchmarks/results/toy_strips/{row['run'].removeprefix('swing-')}.png) |")
     return "\n".join(lines)
@@ -149,9 +150,10 @@ that read a source.
 | keyframes cut warping error >= 50 % vs independent, pose IoU >= 0.6 | {cut['keyframes']:.0%}, IoU {by_name['keyframes']['pose_iou']:.3f} | {verdict(cut['keyframes'] >= 0.5 and by_name['keyframes']['pose_iou'] >= 0.6)} |
 
 Every technique on the swing, sorted by warping error (flicker: the clip's frame-to-frame change
-over the source's, 1 = moves as much as the source; warping error: colour MSE after warping by the
-source's flow; pose IoU and shirt colour: per frame, as above; seconds per frame on this machine,
-whole run incl. loading):
+over the source's, 1 = moves as much as the source; background flickering: VBench's, over the
+static background, 1 = no change; warping error: colour MSE after warping by the source's flow;
+warp SSIM: RAVE's; pose IoU and shirt colour: per frame, as above; seconds per frame on this
+machine, whole run incl. loading):
 
 {table(rows, baseline['warping_error'])}
 

@@ -84,10 +84,39 @@ def tiny_clip(tmp_path_factory):
 def test_clip_scores_with_a_tiny_random_clip(tiny_clip):
     model, processor = metrics.load_clip_model(tiny_clip)
     same = np.stack([texture()] * 3)
-    frame_consistency, prompt_consistency = metrics.clip_scores(same, "a golfer", model, processor)
+    frame_consistency, all_pairs, prompt_consistency = metrics.clip_scores(same, "a golfer", model, processor)
+    assert all_pairs == pytest.approx(1.0, abs=1e-5)
     assert frame_consistency == pytest.approx(1.0, abs=1e-5) and -1.0 <= prompt_consistency <= 1.0
     different = np.stack([texture(seed=s) for s in range(3)])
     assert metrics.clip_scores(different, "a golfer", model, processor)[0] < frame_consistency
+    # A, A, B, B: consecutive pairs (A,A), (A,B), (B,B); all pairs also (A,B) four times of six
+    a_b = np.stack([texture(seed=0)] * 2 + [texture(seed=9)] * 2)
+    consecutive, all_pairs, _ = metrics.clip_scores(a_b, "a golfer", model, processor)
+    cosine = metrics.clip_scores(a_b[1:3], "a golfer", model, processor)[0]
+    assert consecutive == pytest.approx((2 + cosine) / 3, abs=1e-5)
+    assert all_pairs == pytest.approx((2 + 4 * cosine) / 6, abs=1e-5)
+
+
+def test_warp_ssim_is_one_along_the_source_motion_and_lower_for_random_frames():
+    source, follows = shifted_clip(seed=1), shifted_clip(seed=2)
+    random_frames = np.stack([texture(seed=s) for s in range(10, 16)])
+    assert metrics.warp_ssim(follows, source) > 0.95
+    assert metrics.warp_ssim(random_frames, source) < 0.5
+    assert metrics.ssim_map(source[0], source[0]) == pytest.approx(np.ones((64, 96)))
+
+
+def test_background_flickering_counts_only_where_the_source_is_still():
+    still = np.stack([texture(seed=1)] * 5)
+    source = still.copy()
+    for i in range(5):  # a bright square moving through the middle; the rest of the source is still
+        source[i, 20:40, 20 + 6 * i:40 + 6 * i] = 255
+    moving_where_source_moves = still.copy()
+    for i in range(5):
+        moving_where_source_moves[i, 20:40, 20 + 6 * i:40 + 6 * i] = 255 - 40 * i
+    noisy = np.clip(still.astype(int) + np.random.default_rng(0).integers(-40, 40, still.shape), 0, 255).astype(np.uint8)
+    assert metrics.background_flickering(still, still) == pytest.approx(1.0)
+    assert metrics.background_flickering(moving_where_source_moves, source) > 0.99
+    assert metrics.background_flickering(noisy, source) < 0.9
 
 
 def test_evaluate_writes_metrics_json_and_prints_a_table(tmp_path, tiny_clip, capsys):
@@ -96,7 +125,7 @@ def test_evaluate_writes_metrics_json_and_prints_a_table(tmp_path, tiny_clip, ca
                          "--quiet", "--out", str(out)]) == 0
     assert sdvideo.main(["evaluate", str(out), "--clip-model", tiny_clip]) == 0
     table = capsys.readouterr().out
-    assert "warping_error" in table and "clip_frame_consistency" in table
+    assert "warping_error" in table and "clip_consistency_consecutive" in table and "clip_consistency_all_pairs" in table
     result = json.loads((out / "metrics.json").read_text())
     assert result["frames"] == 4 and result["unet_evals_per_frame"] == 4 and result["peak_memory_gib"] > 0
     assert sdvideo.main(["evaluate", str(tmp_path / "nothing"), "--no-clip"]) == 2

@@ -19,7 +19,9 @@ def corr(a, b):
 
 @pytest.mark.parametrize("kind", sorted(NOISE))
 def test_every_noise_has_frame_shape_and_unit_variance(kind):
-    latents = NOISE[kind](generators(12), SHAPE)
+    settings = {"moving": torch.rand(11, *SHAPE[1:], generator=torch.Generator().manual_seed(1)) > 0.5} \
+        if kind == "flow-gated" else {}
+    latents = NOISE[kind](generators(12), SHAPE, **settings)
     assert latents.shape == (12, *SHAPE) and latents.dtype == torch.float32
     for frame in latents:
         assert abs(float(frame.var()) - 1.0) < 0.08
@@ -62,3 +64,18 @@ def test_slerp_ends_are_the_first_and_last_seeds_noise():
 def test_slerp_of_parallel_vectors_is_linear():
     a = torch.ones(SHAPE)
     assert torch.allclose(slerp(a, 2 * a, 0.5), 1.5 * a)
+
+
+def test_flow_gated_noise_keeps_the_previous_noise_where_the_source_is_still():
+    generators = [torch.Generator().manual_seed(10 + i) for i in range(4)]
+    shape = (4, 8, 8)
+    still = torch.zeros(3, 8, 8)
+    assert torch.equal(NOISE["flow-gated"](generators, shape, moving=still),
+                       NOISE["fixed"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape))
+    moving = torch.ones(3, 8, 8)
+    assert torch.equal(NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, moving),
+                       NOISE["independent"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape))
+    half = torch.zeros(3, 8, 8)
+    half[:, :, 4:] = 1  # the right half moves
+    gated = NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, half)
+    assert torch.equal(gated[3, :, :, :4], gated[0, :, :, :4]) and not torch.equal(gated[3, :, :, 4:], gated[0, :, :, 4:])

@@ -393,3 +393,31 @@ def test_run_is_the_default_command_and_each_command_has_its_parser(tmp_path):
     assert sdvideo.main(["run", *FAST, "--max-frames", "1", "--out", str(tmp_path / "b")]) == 0
     assert sdvideo.main(["evaluate", str(tmp_path / "b"), "--no-clip", "--quiet"]) == 0
     assert (tmp_path / "b" / "metrics.json").exists()
+
+
+def test_flow_gated_noise_on_a_still_source_gives_the_frames_of_fixed_noise(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 255, (1, 8, 8, 3), dtype=np.uint8), 8, axis=1).repeat(8, axis=2)  # 64x64
+    video_io.write_video(str(tmp_path / "still.mp4"), [still[0]] * 4, 12)
+    poses = ["--video", str(tmp_path / "still.mp4"), "--poses", demo_poses_4(tmp_path)]
+    assert run_cli(*poses, "--noise", "fixed", "--out", str(tmp_path / "fixed")) == 0
+    assert run_cli(*poses, "--noise", "flow-gated", "--out", str(tmp_path / "gated")) == 0
+    for i in range(4):
+        name = f"frames/{i:05d}.png"
+        assert (tmp_path / "gated" / name).read_bytes() == (tmp_path / "fixed" / name).read_bytes()
+    record = json.loads((tmp_path / "gated" / "run.json").read_text())
+    assert record["techniques"]["noise_settings"] == {"threshold_px": 1.0}
+    assert run_cli("--noise", "flow-gated", "--out", str(tmp_path / "none")) == 2
+    assert "--noise flow-gated needs --video" in capsys.readouterr().err
+
+
+def demo_poses_4(tmp_path):
+    """The demo swing's first 4 poses as their own file."""
+    import pose_extract
+
+    demo = pose_extract.read_poses(DEMO_POSES)
+    path = str(tmp_path / "poses4.json")
+    pose_extract.write_poses(path, pose_extract.PoseSequence(demo.keypoints[:4], demo.canvas_size, 12.0))
+    return path
