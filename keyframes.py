@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from errors import UserError
-from techniques import StartFromLatents, align_differences, needs_source
+from latent_ops import align_differences
+from techniques import StartFromLatents, needs_source
 
 
 @dataclass

@@ -91,3 +91,19 @@ def fuse_warped(x0_pred, warped, mask, weight):
     x0 <- x0 + w m (warp(x0_prev) - x0)
     """
     return x0_pred + weight * mask * (warped - x0_pred)
+
+
+def align_differences(differences, align, source_reference=None, target_reference=None, matrices=None):
+    """Align source latent differences (F, C, h, w) to the generated clip.
+
+    "stats": rescale per channel by sigma_target / sigma_source (the mean cancels in a
+    difference); "pose": warp each frame's difference by its source-to-target similarity
+    (matrices (F, 2, 3) in latent pixels); "none": as they are.
+    """
+    if align == "stats" and source_reference is not None and target_reference is not None:
+        _, std_source = channel_stats(source_reference)
+        _, std_target = channel_stats(target_reference)
+        return differences * (std_target / (std_source + 1e-6))
+    if align == "pose" and matrices is not None:
+        return affine_warp(differences, matrices.to(differences.device))
+    return differences

@@ -19,7 +19,7 @@ import detectors
 import files
 import pose_tracking
 from errors import HelpFormatter, UserError
-from pose_files import NUM_JOINTS, PoseSequence, read_poses, write_poses  # noqa: F401 (this module's API too)
+from pose_files import PoseSequence, read_poses, write_poses  # noqa: F401 (this module's API too)
 from pose_tracking import CleanUp
 
 log = logging.getLogger("pose_extract")

@@ -174,7 +174,7 @@ def _run_one(config, name, flags, generate, evaluate_options, process):
             lines = [line for line in captured.getvalue().splitlines() if line.strip()]
             raise UserError(lines[-1] if lines else f"exit status {code}")
         metrics.evaluate_run(folder, **evaluate_options)
-    except (UserError, Exception) as error:  # one run's failure must not end the sweep
+    except Exception as error:  # one run's failure must not end the sweep (UserError included)
         if not isinstance(error, UserError):
             log.exception("sweep run %s failed", name)
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__

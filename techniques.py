@@ -22,22 +22,6 @@ from pipeline import Technique
 MULTISTEP = ("dpm++", "unipc")  # schedulers that keep the model outputs of earlier steps
 
 
-def align_differences(differences, align, source_reference=None, target_reference=None, matrices=None):
-    """Align source latent differences (F, C, h, w) to the generated clip.
-
-    "stats": rescale per channel by sigma_target / sigma_source (the mean cancels in a
-    difference); "pose": warp each frame's difference by its source-to-target similarity
-    (matrices (F, 2, 3) in latent pixels); "none": as they are.
-    """
-    if align == "stats" and source_reference is not None and target_reference is not None:
-        _, std_source = latent_ops.channel_stats(source_reference)
-        _, std_target = latent_ops.channel_stats(target_reference)
-        return differences * (std_target / (std_source + 1e-6))
-    if align == "pose" and matrices is not None:
-        return latent_ops.affine_warp(differences, matrices.to(differences.device))
-    return differences
-
-
 def needs_source(args, flag, residuals_too=False):
     if args.video is None and not (residuals_too and args.residuals):
         either = "--video or --residuals (a --save-residuals file)" if residuals_too else "--video"
@@ -221,7 +205,7 @@ class LatentDifferences(Technique, Registered):
     def before_step(self, step, t, latents, active):
         if step not in self.steps or not active[self.anchor_index]:
             return latents
-        differences = align_differences(self.differences, self.align, self.source_anchor, self.anchor_x0,
+        differences = latent_ops.align_differences(self.differences, self.align, self.source_anchor, self.anchor_x0,
                                         self.frame_matrices)
         injected = latent_ops.inject_differences(latents, latents[self.anchor_index], differences, self.scale,
                                                  self.info.signal_scale(step))

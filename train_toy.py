@@ -232,6 +232,7 @@ def export(pipe, out):
         if os.path.exists(out):
             shutil.rmtree(out)
         os.replace(temp, out)
+        os.chmod(out, 0o755)  # mkdtemp made it private
         os.makedirs(temp)  # TemporaryDirectory removes it on exit
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
     log.info("wrote %s (%.1f MB)", out, total / 1e6)

@@ -5,6 +5,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import latent_ops
+from conftest import assert_tensors_close
 from models import SD_SCHEDULE
 
 
@@ -82,3 +83,17 @@ def test_fuse_warped_respects_mask_and_weight():
     fused = latent_ops.fuse_warped(x0, warped, mask, 1.0)
     assert torch.equal(fused[..., 4:, :], x0[..., 4:, :]) and torch.allclose(fused[..., :4, :], warped[..., :4, :], atol=1e-6)
     assert torch.equal(latent_ops.fuse_warped(x0, warped, mask, 0.0), x0)
+
+
+def test_pose_alignment_warps_differences_by_the_similarity():
+    differences = torch.zeros(1, 4, 8, 8)
+    differences[..., 2, 2] = 1.0
+    shift = torch.tensor([[[1.0, 0, 3.0], [0, 1.0, 1.0]]])
+    aligned = latent_ops.align_differences(differences, "pose", matrices=shift)
+    assert torch.allclose(aligned[..., 3, 5], torch.ones(4), atol=1e-6)
+    source_reference = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))
+    target_reference = 3 * torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)) + 5
+    scaled = latent_ops.align_differences(differences, "stats", source_reference, target_reference)
+    ratio = target_reference.flatten(1).std(1) / source_reference.flatten(1).std(1)  # the mean cancels in a difference
+    assert_tensors_close(scaled[0, :, 2, 2], ratio, rtol=1e-3)
+    assert_tensors_close(latent_ops.align_differences(differences, "none"), differences)

@@ -72,6 +72,7 @@ def test_sweep_resumes_after_a_crash_and_writes_every_result(config, tmp_path, m
     assert (out / "plots" / "warping_error.png").stat().st_size > 1000
     report = (out / "report.html").read_text()
     assert report.count("<video") == 4 and "runs/swing-copying/side_by_side.mp4" in report
+    assert '<img src="plots/trade_off.png"' in report and (out / "plots" / "trade_off.png").stat().st_size > 1000
     # a changed setting reruns only that run
     calls.clear()
     text = open(config).read().replace('copy_step: "1"', 'copy_step: "0"')

@@ -157,20 +157,6 @@ def test_flow_warp_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_pip
     assert neighbour_gap(warped) < 0.5 * neighbour_gap(plain)
 
 
-def test_pose_alignment_warps_differences_by_the_similarity():
-    differences = torch.zeros(1, 4, 8, 8)
-    differences[..., 2, 2] = 1.0
-    shift = torch.tensor([[[1.0, 0, 3.0], [0, 1.0, 1.0]]])
-    aligned = tq.align_differences(differences, "pose", matrices=shift)
-    assert torch.allclose(aligned[..., 3, 5], torch.ones(4), atol=1e-6)
-    source_reference = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))
-    target_reference = 3 * torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(1)) + 5
-    scaled = tq.align_differences(differences, "stats", source_reference, target_reference)
-    ratio = target_reference.flatten(1).std(1) / source_reference.flatten(1).std(1)  # the mean cancels in a difference
-    assert_tensors_close(scaled[0, :, 2, 2], ratio, rtol=1e-3)
-    assert_tensors_close(tq.align_differences(differences, "none"), differences)
-
-
 def test_every_technique_together(tiny_pipe, clip):
     maps, source = clip
     found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
