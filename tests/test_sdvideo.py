@@ -348,25 +348,29 @@ def test_residual_files_and_multistep_copying_are_checked_before_any_work(tmp_pa
 
 
 def test_run_json_records_a_quoted_command_and_this_runs_own_peak_memory(tmp_path):
-    import numpy as np
+    import shlex
 
-    def status_gib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field)) / 2 ** 20
-
-    big = np.ones(2 ** 28)  # 2 GiB touched, then freed: the process's all-time peak, not this run's
-    del big
-    resident, all_time_peak = status_gib("VmRSS:"), status_gib("VmHWM:")
-    assert all_time_peak > resident + 1.9  # the premise: the process peaked 2 GiB above where it is now
     out = tmp_path / "my run"
     assert run_cli("--max-frames", "2", "--prompt", "a golfer's swing", "--out", str(out)) == 0
     record = json.loads((out / "run.json").read_text())
-    import shlex
-
     assert shlex.split(record["command"]) == ["python", "sdvideo.py", *FAST, "--max-frames", "2", "--prompt",
                                               "a golfer's swing", "--out", str(out)]
     assert record["models"]["base"] is None and record["models"]["controlnet"] is None  # tiny: no SD2.1 named
-    assert 0 < record["cost"]["peak_memory_gib"] < resident + 1.0  # this run's peak (a tiny run), not 2 GiB above
+    # A fresh process (in a long one, freed memory can be reused without raising the peak): it
+    # touches 2 GiB and frees them, then runs; the run's peak must not include those 2 GiB.
+    script = (f"import sys; sys.path.insert(0, {ROOT!r}); import numpy as np, sdvideo\n"
+              "big = np.ones(2 ** 28); del big\n"
+              "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+              "rss, hwm = (int(status[k].split()[0]) / 2 ** 20 for k in ('VmRSS', 'VmHWM'))\n"
+              f"assert sdvideo.main({[*FAST, '--max-frames', '2', '--out', str(tmp_path / 'fresh')]!r}) == 0\n"
+              "print(rss, hwm)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    resident, all_time_peak = map(float, result.stdout.split())
+    assert all_time_peak > resident + 1.9  # the premise: the process peaked 2 GiB above where it was
+    peak = json.loads((tmp_path / "fresh" / "run.json").read_text())["cost"]["peak_memory_gib"]
+    assert 0 < peak < resident + 1.0  # this run's peak (a tiny run), not the 2 GiB before it
 
 
 def test_quiet_is_silent_and_a_truncated_prompt_is_warned_once(tmp_path):
