@@ -75,7 +75,10 @@ class RunFolder:
         if not self.resume:
             for name in os.listdir(self.partial):  # the folder itself stays: it carries the lock
                 path = os.path.join(self.partial, name)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         for sub in subfolders:
             os.makedirs(os.path.join(self.partial, sub), exist_ok=True)
         self.write_json(RESUME_FILE, self.settings)
