@@ -16,6 +16,7 @@ import files
 import flow
 import pipeline
 import pose_extract
+import predict
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Sources:
                 raise UserError(f"--residuals {args.residuals} holds latents {tuple(latents.shape)}; this run needs "
                                 f"{expected} (same frame count, --height and --width as when it was saved)")
             return latents, None if keypoints is None else keypoints.numpy()
-        batch = args.batch_size or pipeline.AUTO_BATCH_CPU
+        batch = args.batch_size or predict.AUTO_BATCH_CPU
         return pipeline.encode(pipe, self.clip.source_frames, batch).float().cpu(), None
 
     def matrices(self):

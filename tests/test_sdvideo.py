@@ -431,3 +431,10 @@ def demo_poses_4(tmp_path):
     path = str(tmp_path / "poses4.json")
     pose_extract.write_poses(path, pose_extract.PoseSequence(demo.keypoints[:4], demo.canvas_size, 12.0))
     return path
+
+
+def test_batch_size_auto_with_a_technique_that_encodes_the_source(tmp_path):
+    out = tmp_path / "run"  # --batch-size auto encodes the source frames in chunks of the CPU's auto size
+    assert run_cli("--video", DEMO_VIDEO, "--poses", DEMO_POSES, "--max-frames", "3", "--batch-size", "auto",
+                   "--init-from-source", "--strength", "0.5", "--out", str(out)) == 0
+    assert len(os.listdir(out / "frames")) == 3
