@@ -188,12 +188,12 @@ def read_frames(run_dir):
     return read_pngs(run_dir, "frames")
 
 
-def read_source(run_dir, width):
+def read_source(run_dir, record, width):
     """What the run was conditioned on, losslessly: RUN/source/ (the video's frames) or RUN/poses/
-    (the pose maps); runs from before source/ existed: the left half of side_by_side.mp4."""
+    (the pose maps); runs from before source/ existed: the left half of side_by_side.mp4.
+    record: the run's run.json."""
     if os.path.isdir(os.path.join(run_dir, "source")):
         return read_pngs(run_dir, "source")
-    record = _read_record(run_dir)
     if not record["args"].get("video"):
         return read_pngs(run_dir, "poses")
     path = os.path.join(run_dir, "side_by_side.mp4")
@@ -227,7 +227,7 @@ def evaluate_run(run_dir, clip=None, detector=None):
     or None to skip pose fidelity."""
     record = _read_record(run_dir)
     frames = read_frames(run_dir)
-    source = read_source(run_dir, frames.shape[2])
+    source = read_source(run_dir, record, frames.shape[2])
     if len(source) != len(frames) or source.shape[1:3] != frames.shape[1:3]:
         raise UserError(f"{run_dir}: {len(frames)} frames but {len(source)} source frames of another size or "
                         "count; run sdvideo again")

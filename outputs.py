@@ -22,7 +22,6 @@ import diffusers
 import numpy as np
 import torch
 import transformers
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -174,9 +173,7 @@ def finished_frames(run, pipe, latents, chunk, progress):
         for start in range(0, len(latents), chunk):
             names = [run.path("frames", f"{i:05d}.png") for i in range(start, min(start + chunk, len(latents)))]
             if all(os.path.isfile(name) for name in names):
-                for name in names:
-                    with Image.open(name) as image:
-                        yield np.asarray(image.convert("RGB"))
+                yield from video_io.read_images(names)
             else:
                 yield from pipeline.decode(pipe, latents[start:start + chunk], chunk, progress=False)
             bar.update(len(names))

@@ -115,6 +115,16 @@ class Technique:
         """Called after the last pass (also on errors), to undo ``attach``."""
 
 
+def batch_planner(techniques):
+    """The one technique that plans the model's batches (overrides plan_batch), or None; two are a
+    ValueError: their plans would not compose."""
+    planners = [t for t in techniques if type(t).plan_batch is not Technique.plan_batch]
+    if len(planners) > 1:
+        names = " and ".join(getattr(t, "name", type(t).__name__) for t in planners)
+        raise ValueError(f"{names} both plan the model's batch")
+    return planners[0] if planners else None
+
+
 def control_scales(num_steps, scale, start, end):
     """ControlNet scale per step: ``scale`` inside [start, end] of the schedule, else 0 (as diffusers)."""
     return [scale * (1.0 - float(i / num_steps < start or (i + 1) / num_steps > end)) for i in range(num_steps)]
@@ -153,10 +163,7 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     num_frames, height, width = pose_maps.shape[:3]
     frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
     stats = LoopStats() if stats is None else stats
-    planners = [t for t in techniques if type(t).plan_batch is not Technique.plan_batch]
-    if len(planners) > 1:
-        raise ValueError(f"{' and '.join(type(t).__name__ for t in planners)} both plan the model's batch")
-    batcher = Batcher(pipe, pose_maps, frame_ids, config, stats, planners[0] if planners else None)
+    batcher = Batcher(pipe, pose_maps, frame_ids, config, stats, batch_planner(techniques))
 
     # 1. encode prompt (once for the clip)
     if text_embeds is None:

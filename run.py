@@ -88,8 +88,8 @@ def run_command_parser(subparsers):
     tech.add_argument("--preset", choices=sorted(PRESETS), default=None,
                       help="a named combination (see README); explicit flags override its settings")
     tech.add_argument("--noise", choices=NOISE_CHOICES, default="independent",
-                      help="initial noise across frames: independent per frame, one fixed, "
-                           "a progressive random walk, or a slerp between two seeds")
+                      help="initial noise across frames: independent per frame, one fixed, a progressive "
+                           "random walk, a slerp between two seeds, or gated by the source's optical flow")
     tech.add_argument("--noise-drift", type=float, default=0.1,
                       help="progressive noise: radians per frame, z_i = cos(d) z_(i-1) + sin(d) e_i")
     tech.add_argument("--noise-flow-threshold", type=float, default=1.0,
@@ -277,9 +277,10 @@ def build_techniques(args, sources):
     if args.save_residuals:
         sources.save(args.save_residuals)
     found = [t for t in (cls.from_args(args, sources) for cls in techniques.TECHNIQUES) if t is not None]
-    planners = [t for t in found if type(t).plan_batch is not pipeline.Technique.plan_batch]
-    if len(planners) > 1:
-        raise UserError(f"{' and '.join(t.name for t in planners)} both plan the model's batch; choose one")
+    try:
+        pipeline.batch_planner(found)
+    except ValueError as error:
+        raise UserError(f"{error}; choose one") from None
     return found, KeyframePlan.from_args(args, sources)
 
 

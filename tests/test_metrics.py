@@ -152,7 +152,8 @@ def finished_run(tmp_path_factory):
 def test_metrics_read_the_lossless_source_frames(finished_run):
     import shutil
 
-    source = metrics.read_source(str(finished_run), 64)
+    record = json.loads((finished_run / "run.json").read_text())
+    source = metrics.read_source(str(finished_run), record, 64)
     frames = metrics.read_pngs(str(finished_run), "source")
     assert np.array_equal(source, frames) and source.shape == (4, 64, 64, 3)
     # the video's frames themselves, as the run read them (no second lossy encoding)
