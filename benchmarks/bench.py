@@ -49,6 +49,7 @@ OPTIONS = {
     "attention xformers": {"attention": "xformers"},
     "channels-last": {"channels_last": True},
     "compile": {"compile": True},
+    "fp32": {"dtype": "fp32"},
     "bf16": {"dtype": "bf16"},
     "fp16": {"dtype": "fp16"},
 }
@@ -171,7 +172,10 @@ def run_config(name, args):
         return sdvideo_call(ids, steps)
 
     start = time.perf_counter()
-    work(range(min(2, args.frames)), 2)  # warm-up: kernels, allocator, lazy initialisation, compilation
+    # warm-up: kernels, allocator, lazy initialisation, compilation, at the timed run's batch shape
+    # (torch.compile recompiles for a new one)
+    warm_frames = {"a": 2, "b": args.frames}.get(name, max(2, args.batch_size))
+    work(range(min(warm_frames, args.frames)), 2)
     warm_up = time.perf_counter() - start
     evals.update(unet=0, controlnet=0, embedding=0)
     if args.device.startswith("cuda"):
@@ -298,6 +302,15 @@ def speed_options(args):
     """Time sdvideo (c) under each speed option, each in its own process, against its defaults."""
     import numpy as np
 
+    header = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
+              f"{time.strftime('%Y-%m-%d')}\n\n"
+              f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: sdvideo (c), {args.arch} architecture, "
+              f"{args.dtype} unless the option says otherwise, {args.width}x{args.height}, {args.frames} frames, "
+              f"{args.steps} DDIM steps, guidance {args.guidance}, batch {args.batch_size}. Speed-up is against the "
+              "first row (sdvideo's defaults); warm-up is the untimed 2-step run before, at the timed run's "
+              "batch shape (compilation included); pixel difference against the first row's frames.\n\n"
+              "| option | s / frame | speed-up | warm-up (s) | peak memory (GiB) | max pixel difference |\n"
+              "|---|---|---|---|---|---|\n")
     rows, reference = [], None
     scratch = tempfile.mkdtemp(prefix="sdvideo-bench-")  # this run's own: two benchmarks never share files
     atexit.register(shutil.rmtree, scratch, True)
@@ -307,27 +320,18 @@ def speed_options(args):
         if result is None:
             print(f"{option}: failed ({error})", flush=True)
             rows.append(f"| {option} | - | - | - | - | failed: {error[:120]} |")
-            continue
-        frames = np.load(path).astype(int)
-        reference = reference or (result, frames)
-        ratio = reference[0]["seconds_per_frame"] / result["seconds_per_frame"]
-        difference = int(np.abs(frames - reference[1]).max())
-        print(f"{option}: {result['seconds_per_frame']:.3f} s/frame", flush=True)
-        rows.append(f"| {option} | {result['seconds_per_frame']:.3f} | {ratio:.2f}x | {result['warm_up_seconds']:.1f} | "
-                    f"{result['peak_bytes'] / 2 ** 30:.2f} | {difference}/255 |")
-    table = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
-             f"{time.strftime('%Y-%m-%d')}\n\n"
-             f"`python benchmarks/bench.py {' '.join(sys.argv[1:])}`: sdvideo (c), {args.arch} architecture, "
-             f"{args.dtype} unless the option says otherwise, {args.width}x{args.height}, {args.frames} frames, "
-             f"{args.steps} DDIM steps, guidance {args.guidance}, batch {args.batch_size}. Speed-up is against the "
-             "first row (sdvideo's defaults); warm-up is the untimed 2-frame, 2-step run before (compilation "
-             "included); pixel difference against the first row's frames.\n\n"
-             "| option | s / frame | speed-up | warm-up (s) | peak memory (GiB) | max pixel difference |\n"
-             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    print("\n" + table)
-    if args.out:
-        with open(args.out + ".md", "w") as f:
-            f.write(table)
+        else:
+            frames = np.load(path).astype(int)
+            reference = reference or (result, frames)
+            ratio = reference[0]["seconds_per_frame"] / result["seconds_per_frame"]
+            difference = int(np.abs(frames - reference[1]).max())
+            print(f"{option}: {result['seconds_per_frame']:.3f} s/frame", flush=True)
+            rows.append(f"| {option} | {result['seconds_per_frame']:.3f} | {ratio:.2f}x | "
+                        f"{result['warm_up_seconds']:.1f} | {result['peak_bytes'] / 2 ** 30:.2f} | {difference}/255 |")
+        if args.out:  # after every row: a benchmark stopped part-way keeps the rows it measured
+            with open(args.out + ".md", "w") as f:
+                f.write(header + "\n".join(rows) + "\n")
+    print("\n" + header + "\n".join(rows))
 
 
 def main():
@@ -397,10 +401,9 @@ def main():
         rows.append(f"| ({name}) {CONFIGS[name]} | {r['seconds_per_frame']:.3f} | {r['unet_evals_per_frame']:.1f} | "
                     f"{r['peak_bytes'] / 2 ** 30:.2f} | {r['tflop_per_frame']:.3f} | {100 * r['fraction_of_peak']:.1f} % | "
                     + (f"{r['speedup_vs_a']:.2f}x | {best[name]:.2f}x |" if base else "- | - |"))
-    if "a" in frames and "c" in frames:
-        difference = int(np.abs(frames["a"].astype(int) - frames["c"].astype(int)).max())
-    else:
-        difference = None
+    # how far batching alone (b) and sdvideo (c) move pixels from (a) in this dtype
+    differences = {k: np.abs(frames["a"].astype(int) - frames[k].astype(int))
+                   for k in "bc" if "a" in frames and k in frames}
     ratio_cb = results["c"]["seconds_per_frame"] / results["b"]["seconds_per_frame"] if {"b", "c"} <= results.keys() else None
     header = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
               f"{time.strftime('%Y-%m-%d')}\n\n"
@@ -415,8 +418,9 @@ def main():
     footer = ""
     if ratio_cb is not None:
         footer += f"\n(c) / (b) time ratio: {ratio_cb:.3f}. "
-    if difference is not None:
-        footer += f"Largest pixel difference between (c) and (a): {difference}/255.\n"
+    footer += "".join(f"Pixel difference between ({k}) and (a): largest {d.max()}/255, mean {d.mean():.2f}/255, "
+                      f"{100 * (d > 8).mean():.3f} % of values over 8/255. " for k, d in differences.items())
+    footer += "\n"
     table = header + "\n".join(rows) + "\n" + footer
     print("\n" + table)
     if args.out:
