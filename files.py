@@ -1,10 +1,12 @@
 """Files that appear whole or not at all, and output paths checked before any work.
 
+``file_hash(path)`` is a file's sha256 (inputs are recorded and cached by content).
 ``atomic_path(path)`` gives a temporary name beside ``path`` and renames it into place only when
 the writing block succeeds; ``write_json`` uses it; ``check_writable`` refuses, before any work,
 an output path under a file or in a read-only folder.
 """
 import contextlib
+import hashlib
 import json
 import os
 
@@ -42,3 +44,12 @@ def check_writable(path, flag):
         raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder; choose another {flag}")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {ancestor} is read-only; choose a folder you can write to")
+
+
+def file_hash(path, chunk_size=1 << 24):
+    """sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()

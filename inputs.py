@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import detectors
+import files
 import models
 import pose_extract
 import video_io
@@ -68,7 +69,7 @@ def extracted_clip(spec):
     if not indices:
         raise UserError(f"no frames selected from {spec.video}; lower --start")
     frames = video_io.read_video(spec.video, indices, spec.width, spec.height, spec.fit)
-    key = json.dumps([models.file_hash(spec.video), indices, spec.width, spec.height, spec.fit, backend,
+    key = json.dumps([files.file_hash(spec.video), indices, spec.width, spec.height, spec.fit, backend,
                       spec.annotator_path, vars(settings)], sort_keys=True)
     cached = os.path.join(models.cache_dir(), "poses", hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
     if os.path.isfile(cached):

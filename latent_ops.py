@@ -107,3 +107,65 @@ def align_differences(differences, align, source_reference=None, target_referenc
     if align == "pose" and matrices is not None:
         return affine_warp(differences, matrices.to(differences.device))
     return differences
+
+
+def tile(frames, k):
+    """K*K frames per grid picture, row-major (RAVE); (G*K*K, C, H, W) -> (G, C, K*H, K*W)."""
+    count, channels, height, width = frames.shape
+    grids = frames.reshape(count // (k * k), k, k, channels, height, width)  # (G, row, col, C, H, W)
+    return grids.permute(0, 3, 1, 4, 2, 5).reshape(count // (k * k), channels, k * height, k * width)
+
+
+def untile(grids, k):
+    """The inverse of ``tile``; (G, C, K*H, K*W) -> (G*K*K, C, H, W)."""
+    count, channels, height, width = grids.shape
+    frames = grids.reshape(count, channels, k, height // k, k, width // k)  # (G, C, row, H, col, W)
+    return frames.permute(0, 2, 4, 1, 3, 5).reshape(count * k * k, channels, height // k, width // k)
+
+
+def token_links(flows, masks, factor):
+    """Where each attention token of frame i was in frame i - 1, from the backward flows.
+
+    flows (F-1, h, w, 2) in latent pixels, masks (F-1, 1, h, w) (1: passed the forward-backward
+    check); tokens on the grid (h / factor, w / factor) -> (F, N) long, N = h * w / factor^2: the
+    token index in the previous frame, -1 where occluded, unreliable or outside (all -1 for frame 0).
+    """
+    count, height, width, _ = flows.shape
+    rows, cols = height // factor, width // factor
+    links = torch.full((count + 1, rows * cols), -1, dtype=torch.long)
+    if count == 0:
+        return links
+    # area average over each token's latent pixels; the flow in token units
+    flow = F.avg_pool2d(flows.permute(0, 3, 1, 2).float(), factor) / factor  # (F-1, 2, rows, cols)
+    reliable = F.avg_pool2d(masks.float(), factor)[:, 0] > 0.5  # (F-1, rows, cols)
+    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    target_x, target_y = (xs + flow[:, 0]).round().long(), (ys + flow[:, 1]).round().long()
+    inside = (target_x >= 0) & (target_x < cols) & (target_y >= 0) & (target_y < rows)
+    index = torch.where(reliable & inside, target_y * cols + target_x, -1)
+    links[1:] = index.flatten(1)
+    return links
+
+
+def trajectory_indices(links, frame_ids):
+    """Per pair of a batch's frames, the token each token's flow trajectory passes through.
+
+    links (F_clip, N) from ``token_links``; frame_ids: the B clip indices of the batch -> (B, B, N)
+    long: [f, g, p] = the token of frame g on the trajectory of token p of frame f, -1 where the
+    trajectory is broken (occluded, unreliable or outside) and on the diagonal. Backward along the
+    links where g is earlier; forward through their inverse (of several tokens, the highest index).
+    """
+    count, tokens = len(frame_ids), links.shape[1]
+    result = torch.full((count, count, tokens), -1, dtype=torch.long)
+    everyone = torch.arange(tokens)
+    for f, later in enumerate(frame_ids):
+        for g, earlier in enumerate(frame_ids):
+            if earlier >= later:
+                continue
+            index = everyone.clone()  # token p of frame `later`, followed back to frame `earlier`
+            for frame in range(later, earlier, -1):
+                index = torch.where(index >= 0, links[frame][index.clamp(min=0)], -1)
+            result[f, g] = index
+            found = index >= 0
+            inverse = torch.full((tokens,), -1, dtype=torch.long)
+            result[g, f] = inverse.scatter_reduce(0, index[found], everyone[found], "amax")
+    return result

@@ -4,7 +4,7 @@ deterministic random-weight set the demo and the tests use (nothing downloaded).
 object is a container here: sdvideo's own loop (pipeline.py) uses its parts and its
 ``encode_prompt``, so prompts, control images and decoding match diffusers exactly.
 """
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +12,9 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import yaml
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
@@ -27,7 +29,9 @@ from diffusers import (
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+import adapters
 import convert_original_controlnet_to_diffusers as converter
+import files
 import predict
 from errors import UserError
 
@@ -76,6 +80,8 @@ class ModelSpec:
     vae_tiling: bool = False
     offload: str = "none"  # "model" or "sequential": weights in CPU memory, moved to the GPU as used
     reuse_control_embedding: bool = True
+    loras: tuple = ()  # (source, scale) pairs (adapters.load_loras)
+    embeddings: tuple = ()  # (source, token or None) pairs (adapters.load_embeddings)
 
 
 def pick_device(name):
@@ -109,6 +115,7 @@ def load_pipeline(spec):
         for name, what in ((spec.base, "base model"), (spec.controlnet, "ControlNet")):
             if _looks_like_path(name) and not os.path.exists(name):
                 raise UserError(f"{what} path not found: {name}; pass a diffusers folder, a checkpoint or a hub id")
+        check_compatible(spec)
         controlnet = _load_controlnet(spec, dtype)
         pipe = _from_pretrained(StableDiffusionControlNetPipeline, spec.base, "base model",
                                 spec.local_files_only, controlnet=controlnet, torch_dtype=dtype,
@@ -116,6 +123,8 @@ def load_pipeline(spec):
                                 requires_safety_checker=False)
     pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    adapters.load_embeddings(pipe, spec.embeddings, spec.local_files_only)
+    adapters.load_loras(pipe, spec.loras, spec.local_files_only)
     if spec.offload != "none":
         if device.type == "cpu":
             raise UserError(f"--offload {spec.offload} moves weights from CPU memory to a GPU as they are used; "
@@ -179,13 +188,20 @@ def _looks_like_path(name):
     return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
+@contextlib.contextmanager
+def _hub_notes_hidden():
+    """Here only: huggingface_hub's deprecation notes about diffusers' own calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+        yield
+
+
 def _from_pretrained(cls, name, what, local_files_only, **kwargs):
     """cls.from_pretrained with missing weights turned into one actionable line."""
     if _looks_like_path(name) and not os.path.isdir(name):
         raise UserError(f"{what} {name} is not a folder; pass a diffusers folder or a hub id")
     try:
-        with warnings.catch_warnings():  # here only: huggingface_hub's deprecation notes about diffusers' calls
-            warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+        with _hub_notes_hidden():
             return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -193,6 +209,50 @@ def _from_pretrained(cls, name, what, local_files_only, **kwargs):
             f"cannot load {what} '{name}' ({reason[:200]}); download it once with "
             f"`hf download {name}` where the hub is reachable, or pass a local diffusers folder"
         ) from None
+
+
+def _read_config(cls, name, local_files_only, **kwargs):
+    """A model's config.json (no weights), or None where it cannot be read (the load says why later)."""
+    try:
+        with _hub_notes_hidden():
+            return dict(cls.load_config(name, local_files_only=local_files_only, **kwargs))
+    except (OSError, ValueError):
+        return None
+
+
+def _controlnet_layout(spec):
+    """The ControlNet's config fields the base must match: from its config.json, or for an original
+    checkpoint from --controlnet-config (ControlLDM's control_stage_config)."""
+    if not spec.controlnet.lower().endswith(CHECKPOINT_EXTENSIONS):
+        return _read_config(ControlNetModel, spec.controlnet, spec.local_files_only)
+    if not os.path.isfile(spec.controlnet_config):
+        return None
+    with open(spec.controlnet_config, encoding="utf-8") as f:
+        params = yaml.safe_load(f)["model"]["params"]
+    control = params["control_stage_config"]["params"]
+    return {"cross_attention_dim": control["context_dim"], "in_channels": control["in_channels"],
+            "block_out_channels": [control["model_channels"] * m for m in control["channel_mult"]],
+            "prediction_type": "v_prediction" if params.get("parameterization") == "v" else None}
+
+
+def check_compatible(spec):
+    """Refuse a ControlNet made for another base from the two configs alone, before any weights
+    load: cross-attention width (the text encoder's), block widths, input channels, and for an
+    original checkpoint its prediction type."""
+    unet = _read_config(UNet2DConditionModel, spec.base, spec.local_files_only, subfolder="unet")
+    control = _controlnet_layout(spec)
+    if unet is None or control is None:
+        return
+    scheduler = _read_config(DDIMScheduler, spec.base, spec.local_files_only, subfolder="scheduler") or {}
+    base = {**unet, "prediction_type": scheduler.get("prediction_type", "epsilon")}
+    labels = {"cross_attention_dim": "cross-attention width", "block_out_channels": "block widths",
+              "in_channels": "input channels", "prediction_type": "prediction type"}
+    for key, label in labels.items():
+        theirs, ours = control.get(key), base.get(key)
+        if theirs is not None and ours is not None and list(np.atleast_1d(theirs)) != list(np.atleast_1d(ours)):
+            raise UserError(f"--controlnet {spec.controlnet} does not fit --base {spec.base}: {label} {theirs} "
+                            f"against {ours}; use a ControlNet trained for that base (SD1.5: e.g. "
+                            f"lllyasviel/control_v11p_sd15_openpose; SD2.1: {DEFAULT_CONTROLNET})")
 
 
 def _load_controlnet(spec, dtype):
@@ -208,21 +268,12 @@ def cache_dir():
     return os.environ.get("SDVIDEO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sdvideo"))
 
 
-def file_hash(path, chunk_size=1 << 24):
-    """sha256 of a file, read in 16 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted_controlnet_dir(spec):
     """Convert an original ControlNet checkpoint once, keyed by file and config hash; return the folder."""
     for path, what in ((spec.controlnet, "ControlNet checkpoint"), (spec.controlnet_config, "--controlnet-config")):
         if not os.path.isfile(path):
             raise UserError(f"{what} not found: {path}")
-    key = f"{file_hash(spec.controlnet)[:16]}-{file_hash(spec.controlnet_config)[:8]}"
+    key = f"{files.file_hash(spec.controlnet)[:16]}-{files.file_hash(spec.controlnet_config)[:8]}"
     folder = os.path.join(cache_dir(), "controlnets", key)
     if not os.path.isfile(os.path.join(folder, "config.json")):
         log.info("converting %s to diffusers (cached in %s)", spec.controlnet, folder)

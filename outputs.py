@@ -26,12 +26,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-import models
+import adapters
 import pipeline
 import pose_extract
 import video_io
 from errors import UserError
-from files import atomic_path, check_writable, write_json
+from files import atomic_path, check_writable, file_hash, write_json
 
 RESUME_FILE = "resume.json"  # the settings of the run being written, checked by --resume
 CHECKPOINT = "latents.safetensors"  # the clean latents of an unfinished run, for --resume
@@ -127,11 +127,14 @@ def resume_settings(args):
     def content(path):
         if os.path.isdir(path):
             return {name: content(os.path.join(path, name)) for name in sorted(os.listdir(path))}
-        return models.file_hash(path) if os.path.isfile(path) else None
+        return file_hash(path) if os.path.isfile(path) else None
 
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "overwrite", "resume", "quiet", "func", "argv")}
     settings["input_contents"] = {k: content(getattr(args, k)) for k in ("video", "poses", "residuals")
                                   if getattr(args, k)}
+    for flag in ("lora", "embedding"):
+        if getattr(args, flag, None):
+            settings["input_contents"][flag] = [content(source) for source, _ in getattr(args, flag)]
     return settings
 
 
@@ -244,7 +247,8 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
                        "hooks": technique_record(found, driver)},
         "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
                    "scheduler": type(pipe.scheduler).__name__,
-                   "prediction_type": pipe.scheduler.config.get("prediction_type")},
+                   "prediction_type": pipe.scheduler.config.get("prediction_type"),
+                   **adapters.describe(args.lora, args.embedding)},
         "device": str(pipe._execution_device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "transformers": transformers.__version__},

@@ -95,7 +95,14 @@ class Technique:
 
     def plan_batch(self, chunk, active):
         """Frames (pass indices) a chunk's model call needs, ending with ``chunk``, and attention
-        kwargs for them; None keeps the chunk as it is. At most one technique of a run plans."""
+        kwargs for them; None keeps the chunk as it is. At most one technique of a run plans
+        (batches or grids)."""
+        return None
+
+    def plan_grids(self, step, computed):
+        """(groups, K): the computed frames (pass indices) in groups of K*K, each group tiled into one
+        grid picture per model input (RAVE); a frame may appear twice (its first result counts).
+        None: a frame per input."""
         return None
 
     def before_step(self, step, t, latents, active):
@@ -116,9 +123,10 @@ class Technique:
 
 
 def batch_planner(techniques):
-    """The one technique that plans the model's batches (overrides plan_batch), or None; two are a
-    ValueError: their plans would not compose."""
-    planners = [t for t in techniques if type(t).plan_batch is not Technique.plan_batch]
+    """The one technique that plans the model's batches or grids (overrides plan_batch or
+    plan_grids), or None; two are a ValueError: their plans would not compose."""
+    planners = [t for t in techniques if type(t).plan_batch is not Technique.plan_batch
+                or type(t).plan_grids is not Technique.plan_grids]
     if len(planners) > 1:
         names = " and ".join(getattr(t, "name", type(t).__name__) for t in planners)
         raise ValueError(f"{names} both plan the model's batch")
@@ -199,7 +207,7 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
         active = torch.zeros(num_frames, dtype=torch.bool, device=device).index_fill(0, index, True)
         for technique in techniques:
             latents = technique.before_step(i, t, latents, active)
-        noise_pred = batcher.predict(latents, computed, active, t, text_embeds, cond_scales[i])
+        noise_pred = batcher.predict(latents, computed, active, i, t, text_embeds, cond_scales[i])
         step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in computed], config.eta)
         output = pipe.scheduler.step(noise_pred, t, latents[index], **step_kwargs)
         x0_computed = getattr(output, "pred_original_sample", None)

@@ -3,13 +3,15 @@
 ``Batcher(pipe, pose_maps, frame_ids, config, stats, planner).predict(...)`` is what the loop
 (pipeline.denoise) calls once per step. It chunks the computed frames (``--batch-size``, halved on
 out-of-memory with ``auto``), lets at most one technique plan each call's batch (cross-frame
-attention brings its reference frames along), and hands the ControlNet each frame's pose-map
+attention brings its reference frames along) or tile the frames into grid pictures (RAVE), and hands the ControlNet each frame's pose-map
 embedding computed once per pass (``PassThroughEmbedding``) rather than at every step.
 """
 import logging
 
 import numpy as np
 import torch
+
+import latent_ops
 
 log = logging.getLogger(__name__)
 AUTO_BATCH_CPU = 8  # --batch-size auto on a CPU, where running out of memory cannot be caught
@@ -23,9 +25,11 @@ def pose_maps_to_control(pose_maps, device, dtype):
     return control.to(device=device, dtype=dtype)
 
 
-def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None):
+def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None,
+                  frames_per_input=1):
     """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W) pose maps
-    or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding).
+    or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding). Model evaluations are
+    counted in frames: ``frames_per_input`` per input (a grid picture holds K*K).
 
     text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
     eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
@@ -42,10 +46,10 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
                                     conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
                                     return_dict=False)
         residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        stats.controlnet_evals += model_input.shape[0]
+        stats.controlnet_evals += model_input.shape[0] * frames_per_input
     noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
                            return_dict=False, **residuals)[0]
-    stats.unet_evals += model_input.shape[0]
+    stats.unet_evals += model_input.shape[0] * frames_per_input
     if do_cfg:
         noise_uncond, noise_text = noise_pred.chunk(2)
         noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
@@ -121,8 +125,11 @@ class Batcher:
         maps = pose_maps_to_control(self.pose_maps[batch], self.device, self.dtype)
         return maps if self.embeddings is None else self.embeddings([self.frame_ids[j] for j in batch], maps)
 
-    def predict(self, latents, computed, active, t, text_embeds, cond_scale):
+    def predict(self, latents, computed, active, step, t, text_embeds, cond_scale):
         """Guided noise of the computed frames (len(computed), 4, h, w), in their order."""
+        grids = self.planner.plan_grids(step, computed) if self.planner else None
+        if grids is not None:
+            return self.predict_grids(latents, computed, *grids, t, text_embeds, cond_scale)
         noise_pred, first = [], 0
         while first < len(computed):
             chunk = computed[first:first + self.size]
@@ -131,13 +138,40 @@ class Batcher:
                 chunk_pred = predict_noise(self.pipe, latents[batch], self.control(batch), t, text_embeds, cond_scale,
                                            self.config.guidance, self.stats, attention_kwargs)
             except torch.OutOfMemoryError:
-                if not self.auto or len(chunk) == 1:
+                if not self.shrink(len(chunk)):
                     raise
-                self.size = (len(chunk) + 1) // 2  # retry this chunk halved; later chunks keep the size that fits
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                log.info("out of memory: --batch-size auto now %d frames", self.size)
                 continue
             noise_pred.append(chunk_pred[len(batch) - len(chunk):])  # the chunk's frames come last
             first += len(chunk)
         return torch.cat(noise_pred)
+
+    def predict_grids(self, latents, computed, groups, k, t, text_embeds, cond_scale):
+        """The computed frames' noise through grid pictures of K*K frames (RAVE): each call tiles
+        --batch-size / K^2 groups (at least one), latents and ControlNet conditioning alike."""
+        found, first = {}, 0
+        while first < len(groups):
+            calls = groups[first:first + max(1, self.size // (k * k))]
+            frames = [j for group in calls for j in group]
+            try:
+                grid_pred = predict_noise(self.pipe, latent_ops.tile(latents[frames], k),
+                                          latent_ops.tile(self.control(frames), k), t, text_embeds, cond_scale,
+                                          self.config.guidance, self.stats, frames_per_input=k * k)
+            except torch.OutOfMemoryError:
+                if len(calls) == 1 or not self.shrink(len(frames)):  # one grid is as small as it gets
+                    raise
+                continue
+            for frame, frame_pred in zip(frames, latent_ops.untile(grid_pred, k)):
+                found.setdefault(frame, frame_pred)  # a frame filling the last grid again: its first result
+            first += len(calls)
+        return torch.stack([found[j] for j in computed])
+
+    def shrink(self, frames):
+        """After out-of-memory on a call of ``frames`` frames: halve the batch and say so (True), or
+        False where the size is fixed (--batch-size N) or one frame already."""
+        if not self.auto or frames == 1:
+            return False
+        self.size = (frames + 1) // 2  # retry halved; later calls keep the size that fits
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.info("out of memory: --batch-size auto now %d frames", self.size)
+        return True

@@ -12,13 +12,15 @@ import time
 
 import torch
 
+import adapters
 import inputs
 import models
 import outputs
 import pipeline
+import planners
 import pose_extract
 import predict
-import techniques
+import registry
 from errors import HelpFormatter, UserError
 from keyframes import KeyframePlan
 from sources import Sources
@@ -52,6 +54,10 @@ PRESETS = {
     # Text2Video-Zero without its motion dynamics: one noise, every frame attends to the first
     "t2v-zero": {"noise": {"kind": "fixed"}, "cross-frame-attention": {"mode": "anchor"},
                  "common": {"anchor": "first"}},
+    # the newer training-free methods, each as this harness builds it
+    "rave": {"grid": {"k": 2, "shuffle": True}},
+    "flatten": {"noise": {"kind": "fixed"}, "trajectory-attention": {"on": True}},
+    "flow-gated": {"noise": {"kind": "flow-gated"}},
 }
 COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift", "flow_threshold": "noise_flow_threshold"},
                 "common": {"anchor": "anchor"}}
@@ -59,7 +65,7 @@ COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift", "flow_thresho
 
 def preset_defaults(name):
     """A preset as argparse defaults (dest -> value), through each technique's field names."""
-    flags = {**COMMON_FLAGS, **{cls.name: cls.flags for cls in (*techniques.TECHNIQUES, KeyframePlan)}}
+    flags = {**COMMON_FLAGS, **{cls.name: cls.flags for cls in (*registry.TECHNIQUES, KeyframePlan)}}
     return {flags[technique][field]: value for technique, fields in PRESETS[name].items()
             for field, value in fields.items()}
 
@@ -97,7 +103,7 @@ def run_command_parser(subparsers):
                            "moves less than this many pixels between the two frames (needs --video)")
     tech.add_argument("--anchor", default="first",
                       help="reference frame of copying, blending, differences, cross-frame attention: first|middle|N")
-    for technique in (*techniques.TECHNIQUES, KeyframePlan):
+    for technique in (*registry.TECHNIQUES, KeyframePlan):
         technique.add_arguments(tech)
     tech.add_argument("--save-residuals", default=None, help="save the source latents and poses to this file")
     tech.add_argument("--residuals", default=None,
@@ -139,6 +145,13 @@ def add_input_and_model_arguments(parser):
     model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="where to run")
     model.add_argument("--local-files-only", action="store_true",
                        help="never contact the hub (HF_HUB_OFFLINE=1 does the same)")
+    model.add_argument("--lora", action="append", type=adapters.parse_lora, default=[], metavar="PATH_OR_ID[:SCALE]",
+                       help="a LoRA on the base model (file, folder or hub id), at SCALE (1 if not given); "
+                            "repeatable, each its own adapter")
+    model.add_argument("--embedding", action="append", type=adapters.parse_embedding, default=[],
+                       metavar="PATH_OR_ID[:TOKEN]",
+                       help="a textual-inversion embedding, used where the prompt has TOKEN (the file's own "
+                            "token if not given); repeatable")
 
 
 def add_generation_arguments(parser):
@@ -227,8 +240,14 @@ def validate(args):
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    for technique in (*techniques.TECHNIQUES, KeyframePlan):
+    for technique in (*registry.TECHNIQUES, KeyframePlan):
         technique.check(args)
+    for source, _ in args.lora:
+        adapters.check_source("--lora", source, adapters.LORA_WEIGHTS)
+    for source, _ in args.embedding:
+        adapters.check_source("--embedding", source)
+    if len(planners.requested(args)) > 1:
+        raise UserError(f"{' and '.join(planners.requested(args))} both plan the model's calls; choose one")
     for name in ("height", "width"):
         value = getattr(args, name)
         rounded = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
@@ -250,7 +269,8 @@ def load_models(args):
                             local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1",
                             attention=args.attention, channels_last=args.channels_last, compile=args.compile,
                             vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, offload=args.offload,
-                            reuse_control_embedding=not args.recompute_control_embedding)
+                            reuse_control_embedding=not args.recompute_control_embedding,
+                            loras=tuple(args.lora), embeddings=tuple(args.embedding))
     return models.load_pipeline(spec)
 
 
@@ -276,7 +296,7 @@ def build_techniques(args, sources):
     """The registered techniques the flags ask for, in TECHNIQUES order, and the pass driver."""
     if args.save_residuals:
         sources.save(args.save_residuals)
-    found = [t for t in (cls.from_args(args, sources) for cls in techniques.TECHNIQUES) if t is not None]
+    found = [t for t in (cls.from_args(args, sources) for cls in registry.TECHNIQUES) if t is not None]
     try:
         pipeline.batch_planner(found)
     except ValueError as error:

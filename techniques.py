@@ -1,8 +1,9 @@
-"""The temporal-consistency techniques, each one class: its hooks into the denoising loop, its
-flags, its checks, its construction and its cost.
+"""The temporal-consistency techniques that work on latents, each one class: its hooks into the
+denoising loop, its flags, its checks, its construction and its cost (those that plan the model's
+calls are in planners.py).
 
 A technique subclasses ``pipeline.Technique`` (the hooks), keeps its math in latent_ops.py and
-registers itself in ``TECHNIQUES``, the one ordered list that says in which order the hooks
+is registered in ``registry.TECHNIQUES``, the one ordered list that says in which order the hooks
 apply. Each class has ``name`` (the key presets use), ``summary`` (one line), ``flags`` (its
 preset fields -> argparse dests), ``add_arguments(group)``, ``check(args)`` (before any model
 loads), ``from_args(args, sources)`` (None when not asked for) and ``cost(num_frames,
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 import latent_ops
-from attention import CrossFrameAttnProcessor
 from errors import UserError
 from indices import check_steps, parse_step, parse_step_range, previous_index, resolve_anchor
 from pipeline import Technique
@@ -261,53 +261,6 @@ class Blend(Technique, Registered):
 
 
 @dataclass
-class CrossFrameAttention(Technique, Registered):
-    """Every frame's self-attention (UNet and ControlNet) reads the anchor's and/or previous frame's
-    tokens (Text2Video-Zero, Sec. 3.3), through attention.CrossFrameAttnProcessor."""
-
-    mode: str  # "anchor", "previous" or "anchor+previous"
-    anchor: str = "first"
-    name, summary = "cross-frame-attention", "self-attention keys and values from the anchor/previous frame"
-    flags = {"mode": "cross_frame_attn"}
-
-    @staticmethod
-    def add_arguments(group):
-        group.add_argument("--cross-frame-attn", choices=("off", "anchor", "previous", "anchor+previous"),
-                           default="off", help="self-attention keys and values from these frames (UNet and ControlNet)")
-
-    @classmethod
-    def from_args(cls, args, sources):
-        return None if args.cross_frame_attn == "off" else cls(args.cross_frame_attn, args.anchor)
-
-    def attach(self, pipe):
-        self.saved = [(model, model.attn_processors) for model in (pipe.unet, pipe.controlnet)]
-        for model, processors in self.saved:
-            model.set_attn_processor({name: CrossFrameAttnProcessor(p) for name, p in processors.items()})
-
-    def detach(self, pipe):
-        for model, processors in self.saved:
-            model.set_attn_processor(processors)
-
-    def setup(self, info):
-        self.anchor_index = resolve_anchor(self.anchor, info.frame_ids)
-        self.previous = previous_index(info.frame_ids)
-
-    def plan_batch(self, chunk, active):
-        references = [[r for r in self._references(j) if active[r]] or [j] for j in chunk]
-        extras = sorted({r for refs in references for r in refs} - set(chunk))
-        batch = extras + list(chunk)
-        position = {frame: p for p, frame in enumerate(batch)}
-        width = max(len(refs) for refs in references)
-        rows = [[p] * width for p in range(len(extras))]  # extras attend to themselves; output discarded
-        rows += [[position[r] for r in refs] + [position[refs[-1]]] * (width - len(refs)) for refs in references]
-        return batch, {"frame_refs": torch.tensor(rows)}
-
-    def _references(self, j):
-        return {"anchor": [self.anchor_index], "previous": [self.previous[j]],
-                "anchor+previous": [self.anchor_index, self.previous[j]]}[self.mode]
-
-
-@dataclass
 class FlowWarp(Technique, Registered):
     """Flow-guided fusion: warp the previous frame's predicted clean latent along the source video's
     optical flow into each frame where the flow passes the forward-backward check, weight w.
@@ -361,8 +314,3 @@ class FlowWarp(Technique, Registered):
         latents = latents.clone()
         latents[frames] += self.info.signal_scale(step + 1) * (fused - x0_pred[frames])
         return latents
-
-
-# The order the hooks apply in: a start (SDEdit) first, copying before the differences that build
-# on the copied anchor, blending and attention after, flow fusion on the final clean estimates.
-TECHNIQUES = [StartFromLatents, Copy, LatentDifferences, Blend, CrossFrameAttention, FlowWarp]

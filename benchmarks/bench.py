@@ -11,6 +11,7 @@ subprocess, so peak memory is its own:
   (c) sdvideo with the same settings (its frames are compared with (a))
   (d) sdvideo with latent copying from the first frame at half the schedule
   (e) sdvideo in keyframe mode, K = 8, residual strength 0.3
+  (f), (g) sdvideo with RAVE's grid, K = 2 and 3 (not in the default --configs)
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
@@ -40,6 +41,8 @@ CONFIGS = {
     "c": "sdvideo",
     "d": "sdvideo + copy at N/2",
     "e": "sdvideo + keyframes K=8, s=0.3",
+    "f": "sdvideo + RAVE grid K=2",
+    "g": "sdvideo + RAVE grid K=3",
 }
 # Speed options of sdvideo (models.ModelSpec fields, plus the dtype), measured with --options.
 OPTIONS = {
@@ -125,21 +128,29 @@ def run_config(name, args):
 
     import models
     import pipeline
+    import planners
     import techniques
     from keyframes import KeyframePlan
 
     option = dict(OPTIONS[args.option]) if args.option else {}
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
     pipe = build_pipeline(args.arch, args.device, dtype)
-    if name in "cde":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
+    if name in "cdefg":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
         models.apply_speed_options(pipe, models.ModelSpec(**option))
     maps = demo_pose_maps(args.frames, args.height, args.width)
     evals = {"unet": 0, "controlnet": 0, "embedding": 0}
     embedding = pipe.controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
     counted = ((pipe.unet, "unet"), (pipe.controlnet, "controlnet"), (getattr(embedding, "inner", embedding), "embedding"))
+    # evaluations in frames: a grid picture (f, g) counts as the frames of its area
+    area = {"unet": args.height * args.width // 64, "controlnet": args.height * args.width // 64,
+            "embedding": args.height * args.width}
+
+    def count(module, positional, keywords, key):
+        sample = positional[0] if positional else keywords["sample"]
+        evals[key] += sample.shape[0] * sample.shape[-2] * sample.shape[-1] / area[key]
+
     for model, key in counted:
-        model.register_forward_pre_hook(lambda m, a, kw, key=key: evals.__setitem__(
-            key, evals[key] + (a[0] if a else kw["sample"]).shape[0]), with_kwargs=True)
+        model.register_forward_pre_hook(lambda m, a, kw, key=key: count(m, a, kw, key), with_kwargs=True)
     prompt, negative = "a golfer on a sunny course", "blurry"
     config = pipeline.GenerationConfig(prompt=prompt, negative_prompt=negative, steps=args.steps,
                                        guidance=args.guidance, seed=0, batch_size=args.batch_size)
@@ -157,6 +168,8 @@ def run_config(name, args):
         found, keyframes = [], None
         if name == "d":
             found = [techniques.Copy(steps // 2, "anchor", "first")]
+        if name in "fg":
+            found = [planners.Grid(2 if name == "f" else 3)]
         if name == "e":
             source = pipeline.encode(pipe, maps[ids], args.batch_size)  # a stand-in source video
             keyframes = KeyframePlan(8, 0.3, source)
@@ -260,7 +273,8 @@ def bounds(args):
     keys = len(set(range(0, f, 8)) | {f - 1})
     s_steps = n - (n - min(int(round(n * 0.3)), n))
     return {"a": 1.0, "b": 1.0, "c": 1.0, "d": f * n / (n // 2 + f * (n - n // 2)),
-            "e": f * n / (keys * n + (f - keys) * s_steps)}
+            "e": f * n / (keys * n + (f - keys) * s_steps),
+            "f": f / (-(-f // 4) * 4), "g": f / (-(-f // 9) * 9)}  # a grid's fill is computed too
 
 
 def memory_scaling(args):

@@ -136,7 +136,7 @@ def embedded_rows(pipe):
 
 @pytest.mark.parametrize("cross_frame", [False, True])
 def test_control_embedding_is_computed_once_per_frame_with_the_same_result(pose_maps, cross_frame):
-    import techniques as tq
+    import planners
 
     config = GenerationConfig(prompt="a golfer", steps=3, batch_size=2)
     every_step = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu", reuse_control_embedding=False))
@@ -144,7 +144,7 @@ def test_control_embedding_is_computed_once_per_frame_with_the_same_result(pose_
     results, rows = [], []
     for pipe in (every_step, reused):
         counter = embedded_rows(pipe)
-        found = [tq.CrossFrameAttention("anchor")] if cross_frame else []
+        found = [planners.CrossFrameAttention("anchor")] if cross_frame else []
         latents, _ = pipeline.generate(pipe, pose_maps, config, found, progress=False)
         results.append(latents)
         rows.append(counter["rows"])

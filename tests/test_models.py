@@ -111,3 +111,28 @@ def test_the_diffusers_internals_sdvideo_uses_are_there(tiny_pipe):
         assert callable(getattr(convert_from_ckpt, name)), name
     assert list(inspect.signature(AttnProcessor2_0.__call__).parameters)[:5] == [
         "self", "attn", "hidden_states", "encoder_hidden_states", "attention_mask"]
+
+
+def test_a_controlnet_for_another_base_is_refused_before_any_weights_load(tmp_path, capsys):
+    import glob
+
+    from diffusers import ControlNetModel
+
+    import sdvideo
+
+    pipe = models.build_tiny_pipeline()
+    pipe.save_pretrained(str(tmp_path / "base"))
+    wider = dict(pipe.controlnet.config, cross_attention_dim=2 * models.TINY_TEXT_DIM)  # another text encoder's
+    ControlNetModel.from_config(wider).save_pretrained(str(tmp_path / "other"))
+    for weights in glob.glob(str(tmp_path / "**" / "*.safetensors"), recursive=True):
+        with open(weights, "wb") as f:  # loading any weights would fail differently
+            f.write(b"not weights")
+    capsys.readouterr()  # saving's progress bars
+    code = sdvideo.main(["--base", str(tmp_path / "base"), "--controlnet", str(tmp_path / "other"), "--device", "cpu",
+                         "--local-files-only", "--max-frames", "1", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--controlnet {tmp_path / 'other'} does not fit --base {tmp_path / 'base'}: cross-attention width 64 " \
+           f"against 32" in err
+    # the same pair's own ControlNet passes the check (and then fails on the damaged weights, as it should)
+    models.check_compatible(models.ModelSpec(base=str(tmp_path / "base"), controlnet=str(tmp_path / "base" / "controlnet")))

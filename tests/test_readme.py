@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-import techniques
+import registry
 from conftest import ROOT
 
 
@@ -13,7 +13,7 @@ from conftest import ROOT
 def example(monkeypatch):
     text = open(f"{ROOT}/README.md", encoding="utf-8").read()
     code = re.search(r"### Adding a technique.*?```python\n(.*?)```", text, re.S).group(1)
-    monkeypatch.setattr(techniques, "TECHNIQUES", list(techniques.TECHNIQUES))  # the example appends to it
+    monkeypatch.setattr(registry, "TECHNIQUES", list(registry.TECHNIQUES))  # the example appends to it
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     return namespace["Damp"]

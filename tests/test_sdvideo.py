@@ -107,6 +107,9 @@ def test_sizes_are_rounded_to_a_multiple_of_8(tmp_path, caplog):
     (["--poses", "missing.json"], "not found"),
     (["--video", "x.mp4"], "video not found"),
     (["--device", "cuda"], "CUDA"),
+    (["--grid", "2", "--cross-frame-attn", "anchor"], "--cross-frame-attn and --grid both plan the model's calls"),
+    (["--grid", "4"], "argument --grid: invalid choice"),
+    (["--trajectory-attn"], "--trajectory-attn needs --video"),
 ])
 def test_bad_arguments_fail_with_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "run"

@@ -47,6 +47,19 @@ def test_plan_covers_settings_and_grid_with_flags():
                           "--prompt", "x"]
 
 
+def test_false_turns_off_a_flag_that_is_on_by_default_and_the_list_of_those_is_complete():
+    import argparse
+
+    import run
+
+    assert sweep.to_flags({"grid": 2, "grid_shuffle": False, "overwrite": False, "init_from_source": True}) == [
+        "--grid", "2", "--no-grid-shuffle", "--init-from-source"]
+    assert sweep.to_flags({"lora": ["a.safetensors:0.5", "b"]}) == ["--lora", "a.safetensors:0.5", "--lora", "b"]
+    parser = run.run_command_parser(argparse.ArgumentParser().add_subparsers())
+    negatable = {a.dest for a in parser._actions if isinstance(a, argparse.BooleanOptionalAction)}
+    assert negatable == set(sweep.NEGATABLE)
+
+
 def test_sweep_resumes_after_a_crash_and_writes_every_result(config, tmp_path, monkeypatch):
     calls = []
 

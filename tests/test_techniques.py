@@ -9,7 +9,9 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 import indices
 import models
 import pipeline
+import planners
 import pose_extract
+import registry
 import sources
 import techniques as tq
 from attention import CrossFrameAttnProcessor
@@ -87,10 +89,10 @@ def test_cross_frame_attention_on_one_frame_equals_plain_attention(tiny_pipe, cl
     maps, _ = clip
     plain, _ = generate(tiny_pipe, maps[:1])
     for mode in ("anchor", "previous", "anchor+previous"):
-        crossed, _ = generate(tiny_pipe, maps[:1], [tq.CrossFrameAttention(mode)])
+        crossed, _ = generate(tiny_pipe, maps[:1], [planners.CrossFrameAttention(mode)])
         assert_tensors_close(crossed, plain)
     many, _ = generate(tiny_pipe, maps)
-    anchored, stats = generate(tiny_pipe, maps, [tq.CrossFrameAttention("anchor")])
+    anchored, stats = generate(tiny_pipe, maps, [planners.CrossFrameAttention("anchor")])
     assert_tensors_close(anchored[0], many[0])
     assert not torch.allclose(anchored[1:], many[1:], atol=1e-3)
     assert stats.unet_evals == 2 * STEPS * (5 + 2)  # chunks {2,3} and {4} each bring the anchor along
@@ -103,13 +105,13 @@ def test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone(clip):
         pipe = models.build_tiny_pipeline()
         pipe.unet.set_attn_processor(backend())
         pipe.controlnet.set_attn_processor(backend())
-        technique = tq.CrossFrameAttention("anchor")
+        technique = planners.CrossFrameAttention("anchor")
         technique.attach(pipe)
         wrapped = list(pipe.unet.attn_processors.values()) + list(pipe.controlnet.attn_processors.values())
         assert all(isinstance(p, CrossFrameAttnProcessor) and type(p.inner) is backend for p in wrapped)
         technique.detach(pipe)
         assert all(type(p) is backend for p in pipe.unet.attn_processors.values())
-        results[backend], _ = generate(pipe, maps[:3], [tq.CrossFrameAttention("anchor")])
+        results[backend], _ = generate(pipe, maps[:3], [planners.CrossFrameAttention("anchor")])
         assert all(type(p) is backend for p in pipe.controlnet.attn_processors.values())
     assert_tensors_close(results[AttnProcessor], results[AttnProcessor2_0])  # same math on both backends
 
@@ -160,7 +162,7 @@ def test_flow_warp_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_pip
 def test_every_technique_together(tiny_pipe, clip):
     maps, source = clip
     found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
-             tq.Blend(range(2, 3), 0.2, "previous"), tq.CrossFrameAttention("anchor+previous"),
+             tq.Blend(range(2, 3), 0.2, "previous"), planners.CrossFrameAttention("anchor+previous"),
              tq.FlowWarp(0.5, range(0, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
     latents, stats = generate(tiny_pipe, maps, found, keyframes=KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
     plain, plain_stats = generate(tiny_pipe, maps, noise="fixed")
@@ -191,7 +193,7 @@ def test_residual_bank_round_trip(tmp_path):
 def test_the_registry_knows_each_technique_once_and_presets_name_real_fields():
     import run
 
-    names = [cls.name for cls in tq.TECHNIQUES] + [KeyframePlan.name]
+    names = [cls.name for cls in registry.TECHNIQUES] + [KeyframePlan.name]
     assert len(set(names)) == len(names)
     assert run.preset_defaults("seed") == {"noise": "fixed", "copy_step": "0.3", "copy_from": "anchor",
                                            "diff_steps": "0.3:0.7", "diff_scale": 1.0}
@@ -220,4 +222,4 @@ def test_each_cost_model_predicts_the_model_evaluations(tiny_pipe, clip, techniq
 def test_two_techniques_that_plan_the_batch_are_refused(tiny_pipe, clip):
     maps, _ = clip
     with pytest.raises(ValueError, match="both plan the model's batch"):
-        generate(tiny_pipe, maps, [tq.CrossFrameAttention("anchor"), tq.CrossFrameAttention("previous")])
+        generate(tiny_pipe, maps, [planners.CrossFrameAttention("anchor"), planners.CrossFrameAttention("previous")])
