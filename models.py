@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    MultiControlNetModel,
     StableDiffusionControlNetPipeline,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
@@ -58,6 +59,9 @@ TINY_SEED = 0
 TINY_TEXT_DIM = 32
 TINY_MAX_TOKENS = 77
 POSE_GAIN = 10.0  # the tiny ControlNet's pose features against its latent features
+TINY_BLOCKS = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=TINY_TEXT_DIM,
+                   attention_head_dim=8, use_linear_projection=True)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class ModelSpec:
     offload: str = "none"  # "model" or "sequential": weights in CPU memory, moved to the GPU as used
     reuse_control_embedding: bool = True
     loras: tuple = ()  # (source, scale) pairs (adapters.load_loras)
+    extra_controlnets: tuple = ()  # the ControlNets of --control's extra controls, in order
     embeddings: tuple = ()  # (source, token or None) pairs (adapters.load_embeddings)
 
 
@@ -121,6 +126,8 @@ def load_pipeline(spec):
                                 spec.local_files_only, controlnet=controlnet, torch_dtype=dtype,
                                 safety_checker=None, feature_extractor=None,
                                 requires_safety_checker=False)
+    if spec.extra_controlnets:  # diffusers' own container: residuals summed, each at its own scale
+        pipe.controlnet = MultiControlNetModel([pipe.controlnet, *_extra_controlnets(spec, dtype)])
     pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     adapters.load_embeddings(pipe, spec.embeddings, spec.local_files_only)
@@ -166,11 +173,11 @@ def apply_speed_options(pipe, spec):
                             "for your torch and CUDA, or use --attention sdpa") from None
     else:
         processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
-        pipe.unet.set_attn_processor(processor())
-        pipe.controlnet.set_attn_processor(processor())
+        for model in (pipe.unet, *predict.controlnets(pipe)):
+            model.set_attn_processor(processor())
     if spec.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.controlnet.to(memory_format=torch.channels_last)
+        for model in (pipe.unet, *predict.controlnets(pipe)):
+            model.to(memory_format=torch.channels_last)
     if spec.reuse_control_embedding:
         predict.reuse_control_embedding(pipe)
     if spec.vae_slicing:
@@ -255,6 +262,20 @@ def check_compatible(spec):
                             f"lllyasviel/control_v11p_sd15_openpose; SD2.1: {DEFAULT_CONTROLNET})")
 
 
+def _extra_controlnets(spec, dtype):
+    """The extra controls' ControlNets, each checked against the base first; with the tiny model,
+    more tiny ControlNets of their own seeds."""
+    if spec.model == TINY:
+        return [build_tiny_controlnet(TINY_SEED + 1 + k) for k in range(len(spec.extra_controlnets))]
+    if spec.model == TOY:
+        raise UserError("--model toy has a pose ControlNet only: drop the extra controls of --control")
+    nets = []
+    for source in spec.extra_controlnets:
+        check_compatible(replace(spec, controlnet=source))
+        nets.append(_from_pretrained(ControlNetModel, source, "ControlNet", spec.local_files_only, torch_dtype=dtype))
+    return nets
+
+
 def _load_controlnet(spec, dtype):
     """A diffusers ControlNet from a folder/hub id, or an original checkpoint converted and cached."""
     if spec.controlnet.lower().endswith(CHECKPOINT_EXTENSIONS):
@@ -325,6 +346,15 @@ def _make_pose_matter(controlnet):
     controlnet.controlnet_cond_embedding.conv_out.weight.data.mul_(POSE_GAIN)
 
 
+def build_tiny_controlnet(seed):
+    """Another tiny ControlNet (random weights of its own seed) for the tiny model's extra controls."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(4, 8, 8, 16), **TINY_BLOCKS)
+        _make_pose_matter(controlnet)
+    return controlnet.eval()
+
+
 def build_tiny_pipeline(prediction_type="epsilon"):
     """A deterministic random-weight SD + ControlNet with SD's layout, at toy width.
 
@@ -334,12 +364,9 @@ def build_tiny_pipeline(prediction_type="epsilon"):
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        blocks = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                      cross_attention_dim=TINY_TEXT_DIM, attention_head_dim=8, use_linear_projection=True)
         unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4,
-                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **blocks)
-        controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(4, 8, 8, 16), **blocks)
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **TINY_BLOCKS)
+        controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(4, 8, 8, 16), **TINY_BLOCKS)
         _make_pose_matter(controlnet)
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                             block_out_channels=(8, 8, 16, 16), norm_num_groups=4,

@@ -248,6 +248,8 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
         "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
                    "scheduler": type(pipe.scheduler).__name__,
                    "prediction_type": pipe.scheduler.config.get("prediction_type"),
+                   "controls": {name: (args.controlnet if name == "pose" else getattr(args, f"controlnet_{name}"))
+                                for name in args.control},
                    **adapters.describe(args.lora, args.embedding)},
         "device": str(pipe._execution_device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

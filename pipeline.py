@@ -28,7 +28,7 @@ class GenerationConfig:
     negative_prompt: str = ""
     steps: int = 20
     guidance: float = 7.5
-    controlnet_scale: float = 1.0
+    controlnet_scale: float | list = 1.0  # a list: one per ControlNet (extra controls)
     control_start: float = 0.0
     control_end: float = 1.0
     seed: int = 0
@@ -134,8 +134,12 @@ def batch_planner(techniques):
 
 
 def control_scales(num_steps, scale, start, end):
-    """ControlNet scale per step: ``scale`` inside [start, end] of the schedule, else 0 (as diffusers)."""
-    return [scale * (1.0 - float(i / num_steps < start or (i + 1) / num_steps > end)) for i in range(num_steps)]
+    """ControlNet scale per step: ``scale`` (a float, or a list with one per ControlNet) inside
+    [start, end] of the schedule, else 0 (as diffusers)."""
+    inside = [1.0 - float(i / num_steps < start or (i + 1) / num_steps > end) for i in range(num_steps)]
+    if isinstance(scale, (list, tuple)):
+        return [[s * on for s in scale] for on in inside]
+    return [scale * on for on in inside]
 
 
 def latent_shape(pipe, height, width):

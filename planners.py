@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 import latent_ops
+import predict
 from attention import CrossFrameAttnProcessor, TrajectoryAttnProcessor
 from indices import previous_index, resolve_anchor
 from pipeline import Technique
@@ -26,7 +27,7 @@ def requested(args):
 def wrap_attention(pipe, processor):
     """Wrap every attention processor of the UNet and ControlNet in ``processor(inner)``; returns
     what ``unwrap_attention`` needs to put them back."""
-    saved = [(model, model.attn_processors) for model in (pipe.unet, pipe.controlnet)]
+    saved = [(model, model.attn_processors) for model in (pipe.unet, *predict.controlnets(pipe))]
     for model, processors in saved:
         model.set_attn_processor({name: processor(inner) for name, inner in processors.items()})
     return saved

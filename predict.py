@@ -28,8 +28,9 @@ def pose_maps_to_control(pose_maps, device, dtype):
 def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None,
                   frames_per_input=1):
     """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W) pose maps
-    or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding). Model evaluations are
-    counted in frames: ``frames_per_input`` per input (a grid picture holds K*K).
+    or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding), or a list of those,
+    one per ControlNet, with ``cond_scale`` a list too. Model evaluations are counted in frames:
+    ``frames_per_input`` per input (a grid picture holds K*K).
 
     text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
     eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
@@ -37,11 +38,11 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
     batch = latents.shape[0]
     do_cfg = text_embeds.shape[0] == 2
     if do_cfg:
-        latents, control = torch.cat([latents] * 2), torch.cat([control] * 2)
+        latents, control = torch.cat([latents] * 2), each(control, lambda c: torch.cat([c] * 2))
     embeds = text_embeds.repeat_interleave(batch, dim=0)  # (2B or B, L, D): [neg]*B + [pos]*B
     model_input = pipe.scheduler.scale_model_input(latents, t)
     residuals = {}
-    if cond_scale > 0:  # outside the control window ControlNet adds zeros: skip it
+    if max(np.atleast_1d(cond_scale)) > 0:  # outside the control window ControlNet adds zeros: skip it
         down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
                                     conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
                                     return_dict=False)
@@ -54,6 +55,11 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
         noise_uncond, noise_text = noise_pred.chunk(2)
         noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
     return noise_pred
+
+
+def each(control, function):
+    """``function`` applied to a control tensor, or to each of a list of them (several ControlNets)."""
+    return [function(c) for c in control] if isinstance(control, list) else function(control)
 
 
 class PassThroughEmbedding(torch.nn.Module):
@@ -89,22 +95,24 @@ class ControlEmbeddings:
         return torch.stack([fresh[k] if k in fresh else self.kept[frame] for k, frame in enumerate(frame_ids)])
 
 
-def _controlnet(pipe):
-    """The pipeline's ControlNet module itself, also under torch.compile."""
-    return getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
+def controlnets(pipe):
+    """The pipeline's ControlNet modules, in control order (several under MultiControlNetModel),
+    also under torch.compile."""
+    controlnet = getattr(pipe.controlnet, "_orig_mod", pipe.controlnet)
+    return list(getattr(controlnet, "nets", [controlnet]))
 
 
 def reuse_control_embedding(pipe, budget=CONTROL_CACHE_BYTES):
-    """Install PassThroughEmbedding in the pipeline's ControlNet (once)."""
-    if control_embedding_cache(pipe) is None:
-        controlnet = _controlnet(pipe)
-        controlnet.controlnet_cond_embedding = PassThroughEmbedding(controlnet.controlnet_cond_embedding, budget)
+    """Install PassThroughEmbedding in each of the pipeline's ControlNets (once)."""
+    for controlnet, cache in zip(controlnets(pipe), control_embedding_caches(pipe)):
+        if cache is None:
+            controlnet.controlnet_cond_embedding = PassThroughEmbedding(controlnet.controlnet_cond_embedding, budget)
 
 
-def control_embedding_cache(pipe):
-    """The pipeline's PassThroughEmbedding, or None where it is not installed."""
-    module = getattr(_controlnet(pipe), "controlnet_cond_embedding", None)
-    return module if isinstance(module, PassThroughEmbedding) else None
+def control_embedding_caches(pipe):
+    """Per ControlNet its PassThroughEmbedding, or None where it is not installed."""
+    modules = [getattr(c, "controlnet_cond_embedding", None) for c in controlnets(pipe)]
+    return [m if isinstance(m, PassThroughEmbedding) else None for m in modules]
 
 
 class Batcher:
@@ -118,12 +126,15 @@ class Batcher:
         self.device, self.dtype = pipe._execution_device, pipe.unet.dtype
         self.auto = config.batch_size == 0
         self.size = config.batch_size or (len(pose_maps) if self.device.type == "cuda" else AUTO_BATCH_CPU)
-        module = control_embedding_cache(pipe)
-        self.embeddings = ControlEmbeddings(module) if module is not None else None
+        self.embeddings = [ControlEmbeddings(m) if m is not None else None for m in control_embedding_caches(pipe)]
 
     def control(self, batch):
-        maps = pose_maps_to_control(self.pose_maps[batch], self.device, self.dtype)
-        return maps if self.embeddings is None else self.embeddings([self.frame_ids[j] for j in batch], maps)
+        """The batch's ControlNet conditioning: a tensor, or a list with one per ControlNet (the
+        control maps hold 3 channels per control, pose first; see controls.stack)."""
+        maps = pose_maps_to_control(self.pose_maps[batch], self.device, self.dtype).split(IMAGE_CHANNELS, dim=1)
+        ids = [self.frame_ids[j] for j in batch]
+        conditioning = [m if e is None else e(ids, m) for e, m in zip(self.embeddings, maps)]
+        return conditioning[0] if len(conditioning) == 1 else conditioning
 
     def predict(self, latents, computed, active, step, t, text_embeds, cond_scale):
         """Guided noise of the computed frames (len(computed), 4, h, w), in their order."""
@@ -154,7 +165,8 @@ class Batcher:
             frames = [j for group in calls for j in group]
             try:
                 grid_pred = predict_noise(self.pipe, latent_ops.tile(latents[frames], k),
-                                          latent_ops.tile(self.control(frames), k), t, text_embeds, cond_scale,
+                                          each(self.control(frames), lambda c: latent_ops.tile(c, k)), t, text_embeds,
+                                          cond_scale,
                                           self.config.guidance, self.stats, frames_per_input=k * k)
             except torch.OutOfMemoryError:
                 if len(calls) == 1 or not self.shrink(len(frames)):  # one grid is as small as it gets

@@ -5,6 +5,7 @@ techniques.py and keyframes.py); ``run_command(args)`` checks them, loads inputs
 builds the techniques, runs the loop and writes the run folder (outputs.py).
 """
 import argparse
+import importlib.util
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ import time
 import torch
 
 import adapters
+import controls
 import inputs
 import models
 import outputs
@@ -68,6 +70,14 @@ def preset_defaults(name):
     flags = {**COMMON_FLAGS, **{cls.name: cls.flags for cls in (*registry.TECHNIQUES, KeyframePlan)}}
     return {flags[technique][field]: value for technique, fields in PRESETS[name].items()
             for field, value in fields.items()}
+
+
+def control_list(value):
+    """--control: "pose,canny" -> ("pose", "canny")."""
+    try:
+        return controls.parse_controls(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def batch_size_arg(value):
@@ -162,7 +172,18 @@ def add_generation_arguments(parser):
                      help=f"negative prompt (default: '{DEFAULT_NEGATIVE}'; with --model toy: none)")
     gen.add_argument("--steps", type=int, default=20, help="denoising steps")
     gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<= 1: off)")
-    gen.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    gen.add_argument("--controlnet-scale", type=float, nargs="+", action="extend", default=None, metavar="SCALE",
+                     help="ControlNet conditioning scale: one for all controls, or one per --control in its "
+                          "order (default: 1)")
+    gen.add_argument("--control", type=control_list, default=("pose",),
+                     help="the controls, comma-separated: pose, then canny and/or depth from the source clip "
+                          "(needs --video), each with its own ControlNet (default: pose)")
+    gen.add_argument("--controlnet-canny", default=None,
+                     help=f"the canny edges' ControlNet (default: {controls.DEFAULT_CONTROLNETS['canny']})")
+    gen.add_argument("--controlnet-depth", default=None,
+                     help=f"the depth maps' ControlNet (default: {controls.DEFAULT_CONTROLNETS['depth']})")
+    gen.add_argument("--canny-low", type=int, default=100, help="Canny's lower hysteresis threshold (OpenCV)")
+    gen.add_argument("--canny-high", type=int, default=200, help="Canny's upper hysteresis threshold (OpenCV)")
     gen.add_argument("--control-start", type=float, default=0.0, help="fraction of the schedule where control starts")
     gen.add_argument("--control-end", type=float, default=1.0, help="fraction of the schedule where control ends")
     gen.add_argument("--seed", type=int, default=0, help="frame i's generator is seeded seed + i")
@@ -212,10 +233,27 @@ def apply_model_defaults(args):
 def validate(args):
     """Check every argument a user can get wrong, before anything loads; round sizes. Raises UserError."""
     apply_model_defaults(args)
+    args.controlnet_scale = args.controlnet_scale or [1.0]
+    extra = args.control[1:]
+    for name in extra:  # the real models' default ControlNet for each extra control
+        if getattr(args, f"controlnet_{name}") is None and args.model is None:
+            setattr(args, f"controlnet_{name}", controls.DEFAULT_CONTROLNETS[name])
     checks = [
         (args.steps >= 1, "--steps must be at least 1"),
         (args.guidance >= 0, "--guidance must be >= 0"),
-        (0 <= args.controlnet_scale <= MAX_CONTROLNET_SCALE, f"--controlnet-scale must be in [0, {MAX_CONTROLNET_SCALE}]"),
+        (all(0 <= s <= MAX_CONTROLNET_SCALE for s in args.controlnet_scale),
+         f"--controlnet-scale must be in [0, {MAX_CONTROLNET_SCALE}]"),
+        (len(args.controlnet_scale) in (1, len(args.control)),
+         f"--controlnet-scale takes one value, or one per control ({len(args.control)}: {','.join(args.control)}); "
+         f"got {len(args.controlnet_scale)}"),
+        (not (extra and args.video is None), f"--control {','.join(args.control)} needs --video: the {' and '.join(extra)} "
+                                             "maps come from the source clip"),
+        (not (extra and args.model == "toy"), "--model toy has a pose ControlNet only: drop the extra controls of "
+                                              "--control"),
+        (not ("depth" in extra and importlib.util.find_spec("controlnet_aux") is None),
+         "--control depth needs controlnet_aux (pip install controlnet_aux; it needs torchvision) and the MiDaS "
+         "weights (lllyasviel/Annotators, or --annotator-path)"),
+        (0 <= args.canny_low <= args.canny_high, "need 0 <= --canny-low <= --canny-high"),
         (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
         (args.eta >= 0, "--eta must be >= 0"),
         (0 < args.height <= MAX_SIDE and 0 < args.width <= MAX_SIDE,
@@ -270,7 +308,9 @@ def load_models(args):
                             attention=args.attention, channels_last=args.channels_last, compile=args.compile,
                             vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, offload=args.offload,
                             reuse_control_embedding=not args.recompute_control_embedding,
-                            loras=tuple(args.lora), embeddings=tuple(args.embedding))
+                            loras=tuple(args.lora), embeddings=tuple(args.embedding),
+                            extra_controlnets=tuple(getattr(args, f"controlnet_{name}") or name  # tiny: its own
+                                                    for name in args.control[1:]))
     return models.load_pipeline(spec)
 
 
@@ -283,9 +323,15 @@ def noise_settings(args, sources=None):
     return {}
 
 
+def controlnet_scales(args):
+    """--controlnet-scale for the loop: a float for the pose alone, else one per control."""
+    scales = args.controlnet_scale * (len(args.control) if len(args.controlnet_scale) == 1 else 1)
+    return scales[0] if len(args.control) == 1 else scales
+
+
 def generation_config(args, sources=None):
     return pipeline.GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                                     guidance=args.guidance, controlnet_scale=args.controlnet_scale,
+                                     guidance=args.guidance, controlnet_scale=controlnet_scales(args),
                                      control_start=args.control_start, control_end=args.control_end, seed=args.seed,
                                      noise=args.noise, noise_settings=noise_settings(args, sources),
                                      batch_size=args.batch_size,
@@ -361,7 +407,9 @@ def denoised(args, run_folder, pipe, clip, found, driver, sources):
         latents, counts = checkpoint
         return latents, pipeline.LoopStats(**counts)
     try:
-        latents, stats = pipeline.generate(pipe, clip.pose_maps, generation_config(args, sources), found, driver,
+        maps = controls.stack(clip.pose_maps, controls.extra_maps(args.control, clip.source_frames, args.canny_low,
+                                                                  args.canny_high, args.annotator_path))
+        latents, stats = pipeline.generate(pipe, maps, generation_config(args, sources), found, driver,
                                            progress=not args.quiet)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "

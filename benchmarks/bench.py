@@ -22,6 +22,7 @@ warm-up time (torch.compile's compilation) is reported apart.
 """
 import argparse
 import atexit
+import copy
 import json
 import os
 import platform
@@ -135,12 +136,20 @@ def run_config(name, args):
     option = dict(OPTIONS[args.option]) if args.option else {}
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
     pipe = build_pipeline(args.arch, args.device, dtype)
+    maps = demo_pose_maps(args.frames, args.height, args.width)
+    first_controlnet = pipe.controlnet
+    if args.canny and name == "c":  # a second ControlNet (the same layout) on the pose maps' Canny edges
+        from diffusers import MultiControlNetModel
+
+        import controls
+
+        pipe.controlnet = MultiControlNetModel([pipe.controlnet, copy.deepcopy(pipe.controlnet)])
+        maps = controls.stack(maps, [controls.canny_maps(maps, 100, 200)])
     if name in "cdefg":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
         models.apply_speed_options(pipe, models.ModelSpec(**option))
-    maps = demo_pose_maps(args.frames, args.height, args.width)
     evals = {"unet": 0, "controlnet": 0, "embedding": 0}
-    embedding = pipe.controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
-    counted = ((pipe.unet, "unet"), (pipe.controlnet, "controlnet"), (getattr(embedding, "inner", embedding), "embedding"))
+    embedding = first_controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
+    counted = ((pipe.unet, "unet"), (first_controlnet, "controlnet"), (getattr(embedding, "inner", embedding), "embedding"))
     # evaluations in frames: a grid picture (f, g) counts as the frames of its area
     area = {"unet": args.height * args.width // 64, "controlnet": args.height * args.width // 64,
             "embedding": args.height * args.width}
@@ -153,7 +162,8 @@ def run_config(name, args):
         model.register_forward_pre_hook(lambda m, a, kw, key=key: count(m, a, kw, key), with_kwargs=True)
     prompt, negative = "a golfer on a sunny course", "blurry"
     config = pipeline.GenerationConfig(prompt=prompt, negative_prompt=negative, steps=args.steps,
-                                       guidance=args.guidance, seed=0, batch_size=args.batch_size)
+                                       guidance=args.guidance, seed=0, batch_size=args.batch_size,
+                                       controlnet_scale=[1.0, 1.0] if maps.shape[-1] == 6 else 1.0)
 
     def diffusers_call(ids, steps):
         images = [Image.fromarray(maps[i]) for i in ids]
@@ -361,6 +371,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16, help="sdvideo's frames per model call")
     parser.add_argument("--configs", default="abcde")
     parser.add_argument("--out", default=None, help="write the markdown table and JSON here (prefix)")
+    parser.add_argument("--canny", action="store_true",
+                        help="sdvideo (c) with a second ControlNet on Canny edges (--control pose,canny)")
     parser.add_argument("--memory-frames", default=None,
                         help="instead: peak memory of sdvideo (c) at these clip lengths, e.g. 16,256")
     parser.add_argument("--options", action="store_true",

@@ -157,7 +157,7 @@ def test_control_embedding_budget_recomputes_what_does_not_fit(pose_maps):
     config = GenerationConfig(prompt="a golfer", steps=3, batch_size=3)
     pipe = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
     expected, _ = pipeline.generate(pipe, pose_maps, config, progress=False)
-    cache = predict.control_embedding_cache(pipe)
+    cache = predict.control_embedding_caches(pipe)[0]
     one_frame = 16 * 8 * 12 * 4  # tiny ControlNet: 16 channels at 64x96 / 8, fp32
     cache.budget = one_frame
     counter = embedded_rows(pipe)
