@@ -3,8 +3,9 @@
 ``Batcher(pipe, pose_maps, frame_ids, config, stats, planner).predict(...)`` is what the loop
 (pipeline.denoise) calls once per step. It chunks the computed frames (``--batch-size``, halved on
 out-of-memory with ``auto``), lets at most one technique plan each call's batch (cross-frame
-attention brings its reference frames along) or tile the frames into grid pictures (RAVE), and hands the ControlNet each frame's pose-map
-embedding computed once per pass (``PassThroughEmbedding``) rather than at every step.
+attention brings its reference frames along) or tile the frames into grid pictures (RAVE), and
+hands each ControlNet (one per control) each frame's conditioning embedding computed once per pass
+(``PassThroughEmbedding``) rather than at every step.
 """
 import logging
 

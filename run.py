@@ -246,8 +246,8 @@ def validate(args):
         (len(args.controlnet_scale) in (1, len(args.control)),
          f"--controlnet-scale takes one value, or one per control ({len(args.control)}: {','.join(args.control)}); "
          f"got {len(args.controlnet_scale)}"),
-        (not (extra and args.video is None), f"--control {','.join(args.control)} needs --video: the {' and '.join(extra)} "
-                                             "maps come from the source clip"),
+        (not (extra and args.video is None),
+         f"--control {','.join(args.control)} needs --video: the {' and '.join(extra)} maps come from the source clip"),
         (not (extra and args.model == "toy"), "--model toy has a pose ControlNet only: drop the extra controls of "
                                               "--control"),
         (not ("depth" in extra and importlib.util.find_spec("controlnet_aux") is None),

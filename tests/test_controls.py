@@ -14,6 +14,7 @@ import pose_extract
 import predict
 import sdvideo
 from conftest import ROOT, random_keypoints
+from errors import UserError
 
 DEMO = ["--video", f"{ROOT}/demo/golf_swing_poses.mp4", "--poses", f"{ROOT}/demo/golf_swing.json"]
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "3", "--max-frames", "3", "--quiet", *DEMO]
@@ -93,3 +94,31 @@ def test_extra_controls_need_the_source_clip_and_a_model_with_their_controlnets(
     for flags, message in cases:
         assert sdvideo.main([*flags, "--quiet", "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_depth_maps_go_through_controlnet_aux_midas_at_the_clip_size(monkeypatch):
+    """controlnet_aux needs torchvision, which this machine cannot install: a stand-in MidasDetector
+    with its interface checks sdvideo's side (arguments, sizes, channels)."""
+    import sys
+    import types
+
+    seen = []
+
+    class MidasDetector:
+        @classmethod
+        def from_pretrained(cls, name):
+            seen.append(name)
+            return cls()
+
+        def __call__(self, image, output_type, detect_resolution, image_resolution):
+            seen.append((image.shape, output_type, detect_resolution, image_resolution))
+            return np.full((image_resolution, image_resolution, 3), image.mean(), np.uint8)  # square, as MiDaS gives
+
+    monkeypatch.setitem(sys.modules, "controlnet_aux", types.SimpleNamespace(MidasDetector=MidasDetector))
+    clip = np.stack([np.full((48, 64, 3), 10 * i, np.uint8) for i in range(3)])
+    depth = controls.depth_maps(clip, "annotators")
+    assert depth.shape == (3, 48, 64, 3) and depth.dtype == np.uint8 and depth[2].max() == 20
+    assert seen[0] == "annotators" and seen[1] == ((48, 64, 3), "np", 64, 64)
+    monkeypatch.setitem(sys.modules, "controlnet_aux", None)  # not installed: one line
+    with pytest.raises(UserError, match="--control depth needs controlnet_aux"):
+        controls.depth_maps(clip)
