@@ -27,13 +27,12 @@ from diffusers import (
     UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import adapters
 import convert_original_controlnet_to_diffusers as converter
 import files
-import predict
+import speed
 from errors import UserError
 
 log = logging.getLogger(__name__)
@@ -140,54 +139,13 @@ def load_pipeline(spec):
             raise UserError("--compile and --offload do not work together (offloading hooks break the "
                             "compiled graphs); choose one")
         pipe = pipe.to(dtype=dtype) if pipe.unet.dtype != dtype else pipe
-        apply_speed_options(pipe, spec)
-        enable_offload(pipe, spec.offload, device)
+        speed.apply_speed_options(pipe, spec)
+        speed.enable_offload(pipe, spec.offload, device)
         return pipe
     # cast only when needed: diffusers warns on every cast, even to the dtype a model already has
     pipe = pipe.to(device=device, dtype=dtype) if pipe.unet.dtype != dtype else pipe.to(device)
-    apply_speed_options(pipe, spec)
+    speed.apply_speed_options(pipe, spec)
     return pipe
-
-
-def enable_offload(pipe, mode, device):
-    """accelerate's offloading through diffusers: ``model`` moves one whole model at a time to
-    ``device`` when it runs (the ControlNet and UNet stay while the loop alternates them: the
-    ControlNet is outside the offload chain), ``sequential`` one layer at a time (least memory,
-    slowest). The loop then runs on ``pipe._execution_device``."""
-    if device.type == "cuda" and device.index is None:  # this process's GPU (accelerate sets it per process)
-        device = torch.device("cuda", torch.cuda.current_device())
-    if mode == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.enable_sequential_cpu_offload(device=device)
-
-
-def apply_speed_options(pipe, spec):
-    """Attention backend, memory layout, conditioning-embedding reuse, torch.compile and VAE
-    slicing/tiling, in place."""
-    if spec.attention == "xformers":
-        try:
-            pipe.enable_xformers_memory_efficient_attention()
-        except (ImportError, ModuleNotFoundError, ValueError, NotImplementedError) as error:
-            raise UserError(f"--attention xformers: {str(error).splitlines()[0]}; install xformers "
-                            "for your torch and CUDA, or use --attention sdpa") from None
-    else:
-        processor = AttnProcessor2_0 if spec.attention == "sdpa" else AttnProcessor
-        for model in (pipe.unet, *predict.controlnets(pipe)):
-            model.set_attn_processor(processor())
-    if spec.channels_last:
-        for model in (pipe.unet, *predict.controlnets(pipe)):
-            model.to(memory_format=torch.channels_last)
-    if spec.reuse_control_embedding:
-        predict.reuse_control_embedding(pipe)
-    if spec.vae_slicing:
-        pipe.vae.enable_slicing()
-    if spec.vae_tiling:
-        pipe.vae.enable_tiling()
-    if spec.compile:
-        # compiled once per input shape; the loop's chunks keep shapes few (full chunks and one remainder)
-        pipe.unet = torch.compile(pipe.unet)
-        pipe.controlnet = torch.compile(pipe.controlnet)
 
 
 def _looks_like_path(name):

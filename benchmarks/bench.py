@@ -130,6 +130,7 @@ def run_config(name, args):
     import models
     import pipeline
     import planners
+    import speed
     import techniques
     from keyframes import KeyframePlan
 
@@ -146,7 +147,7 @@ def run_config(name, args):
         pipe.controlnet = MultiControlNetModel([pipe.controlnet, copy.deepcopy(pipe.controlnet)])
         maps = controls.stack(maps, [controls.canny_maps(maps, 100, 200)])
     if name in "cdefg":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
-        models.apply_speed_options(pipe, models.ModelSpec(**option))
+        speed.apply_speed_options(pipe, models.ModelSpec(**option))
     evals = {"unet": 0, "controlnet": 0, "embedding": 0}
     embedding = first_controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
     counted = ((pipe.unet, "unet"), (first_controlnet, "controlnet"), (getattr(embedding, "inner", embedding), "embedding"))

@@ -13,6 +13,7 @@ import pipeline
 import predict
 import pose_extract
 import sdvideo
+import speed
 from conftest import ROOT
 from conftest import assert_tensors_close
 from pipeline import GenerationConfig
@@ -171,7 +172,7 @@ def test_model_offloading_keeps_the_result(pose_maps):
     config = GenerationConfig(prompt="a golfer", steps=2, batch_size=3)
     plain = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
     offloaded = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
-    models.enable_offload(offloaded, "model", torch.device("cpu"))
+    speed.enable_offload(offloaded, "model", torch.device("cpu"))
     assert hasattr(offloaded.unet, "_hf_hook")
     a, _ = pipeline.generate(plain, pose_maps, config, progress=False)
     b, _ = pipeline.generate(offloaded, pose_maps, config, progress=False)
@@ -184,7 +185,7 @@ def test_sequential_offloading_is_installed():
     # Running it needs a GPU: with the CPU as the execution device accelerate (1.x) swaps parameters
     # for plain tensors and fails on the way back. Checked here: the hooks and the loop's device.
     pipe = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu"))
-    models.enable_offload(pipe, "sequential", torch.device("cpu"))
+    speed.enable_offload(pipe, "sequential", torch.device("cpu"))
     assert pipe.unet.conv_in.weight.device.type == "meta" and hasattr(pipe.unet.conv_in, "_hf_hook")
     assert pipe._execution_device == torch.device("cpu", 0)
 
