@@ -35,10 +35,10 @@ def trajectory_attention(query, key, value, trajectories, scale):
 
     query, key (B, heads, N, d), value (B, heads, N, d_v); trajectories (B, B, N) long from
     latent_ops.trajectory_indices (-1: no token) -> (B, heads, N, d_v). Frame by frame, so that
-    memory is one frame's (heads, N, N) scores.
+    memory is one frame's (heads, N, N) scores; query and key may be fp32 where value is not (upcast).
     """
     count, heads, tokens, _ = query.shape
-    out = query.new_empty(*value.shape)
+    out = value.new_empty(*value.shape)
     for f in range(count):
         index = trajectories[f].to(query.device)  # (B, N): per frame g, the token on p's trajectory
         gather = index.clamp(min=0)[:, None, :, None]
@@ -47,7 +47,7 @@ def trajectory_attention(query, key, value, trajectories, scale):
         own = query[f] @ key[f].transpose(-1, -2) * scale  # (heads, N, N)
         path = torch.einsum("hnd,bhnd->hnb", query[f], key_path) * scale  # (heads, N, B)
         path = path.masked_fill((index < 0).T[None], float("-inf"))
-        weights = torch.cat([own, path], dim=-1).float().softmax(dim=-1).to(query.dtype)
+        weights = torch.cat([own, path], dim=-1).float().softmax(dim=-1).to(value.dtype)
         out[f] = weights[..., :tokens] @ value[f] + torch.einsum("hnb,bhnd->hnd", weights[..., tokens:], value_path)
     return out
 
@@ -77,6 +77,8 @@ class TrajectoryAttnProcessor:
                              heads(attn.to_v(hidden_states)))
         if attn.norm_q is not None:
             query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.upcast_attention:  # scores in fp32, as diffusers does for SD2.1-768 (fp16 overflows there)
+            query, key = query.float(), key.float()
         frames = trajectories.shape[0]
         # both guidance branches ([uncond, cond]) share the batch's trajectories
         out = torch.cat([trajectory_attention(query[b:b + frames], key[b:b + frames], value[b:b + frames],

@@ -4,14 +4,15 @@ import json
 
 import pytest
 import torch
+from diffusers import StableDiffusionControlNetPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 import adapters
+import files
 import models
 import sdvideo
-from diffusers import StableDiffusionControlNetPipeline
 
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "3", "--max-frames", "2", "--quiet"]
 
@@ -66,8 +67,6 @@ def test_a_lora_changes_the_frames_at_scale_1_and_not_at_0(tmp_path, lora):
     assert code == 0 and frame(full) != frame(tmp_path / "plain")
     record = json.loads((full / "run.json").read_text())["models"]["loras"]
     weights = lora / adapters.LORA_WEIGHTS
-    import files
-
     assert record == [{"source": str(lora), "scale": 1.0, "sha256": files.file_hash(str(weights))}]
 
 

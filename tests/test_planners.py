@@ -163,3 +163,16 @@ def test_trajectory_attention_in_the_tiny_model(tiny_pipe, maps):
     assert all(type(p) is not TrajectoryAttnProcessor for p in tiny_pipe.unet.attn_processors.values())
     broken = planners.TrajectoryAttention(flows, torch.zeros(4, 1, 8, 8))  # nothing passes the check
     assert_tensors_close(generate(tiny_pipe, maps, [broken])[0], plain)
+
+
+@torch.no_grad()
+def test_upcast_layers_score_in_fp32_and_return_their_own_dtype():
+    torch.manual_seed(1)
+    attn = Attention(query_dim=32, heads=4, dim_head=8, upcast_attention=True,
+                     processor=TrajectoryAttnProcessor(AttnProcessor()))
+    hidden = torch.randn(2, 16, 32)
+    paths = latent_ops.trajectory_indices(latent_ops.token_links(*shifted(), 1), [0, 1])
+    expected = attn(hidden, trajectories=paths)
+    half = attn.to(torch.bfloat16)(hidden.bfloat16(), trajectories=paths)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), expected, rtol=0.05, atol=0.05)
