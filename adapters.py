@@ -46,8 +46,7 @@ def weight_file(source, default_name=None):
 
 def check_source(flag, source, default_name=None):
     """A local source must exist; refuse before any model loads."""
-    looks_local = os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") != 1
-    if looks_local and weight_file(source, default_name) is None:
+    if files.looks_like_path(source) and weight_file(source, default_name) is None:
         raise UserError(f"{flag} {source}: no weights file there; give a .safetensors file, a folder holding one, "
                         "or a hub id in the Hugging Face cache")
 

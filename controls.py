@@ -3,15 +3,18 @@ depth (controlnet_aux's MiDaS, where installed). Each is a 3-channel map per fra
 ControlNet takes it; the loop receives the pose map and the extra maps stacked on the channel
 axis, (F, H, W, 3 K), pose first, in ``--control`` order (``stack``).
 """
-import numpy as np
+import importlib.util
 
 import cv2
+import numpy as np
 
 from errors import UserError
 
 CONTROLS = ("pose", "canny", "depth")
 DEFAULT_CONTROLNETS = {"canny": "thibaud/controlnet-sd21-canny-diffusers",
                        "depth": "thibaud/controlnet-sd21-depth-diffusers"}  # SD2.1's, as the pose default
+DEPTH_MISSING = ("--control depth needs controlnet_aux (pip install controlnet_aux; it needs torchvision) and the "
+                 "MiDaS weights (lllyasviel/Annotators, or --annotator-path)")
 
 
 def parse_controls(value):
@@ -29,13 +32,18 @@ def canny_maps(frames, low, high):
     return np.repeat(np.stack(edges)[..., None], 3, axis=-1)
 
 
+def check_available(names):
+    """Refuse, before anything loads, a control whose library is not installed (depth: controlnet_aux)."""
+    if "depth" in names and importlib.util.find_spec("controlnet_aux") is None:
+        raise UserError(DEPTH_MISSING)
+
+
 def depth_maps(frames, annotator_path=None):
     """MiDaS depth of RGB frames (F, H, W, 3) uint8 -> (F, H, W, 3) uint8, through controlnet_aux."""
     try:
         from controlnet_aux import MidasDetector
     except ImportError:
-        raise UserError("--control depth needs controlnet_aux (pip install controlnet_aux; it needs torchvision) "
-                        "and the MiDaS weights (lllyasviel/Annotators, or --annotator-path)") from None
+        raise UserError(DEPTH_MISSING) from None
     detector = MidasDetector.from_pretrained(annotator_path or "lllyasviel/Annotators")
     height, width = frames.shape[1:3]
     maps = [np.asarray(detector(f, output_type="np", detect_resolution=max(height, width), image_resolution=width))

@@ -117,7 +117,7 @@ def load_pipeline(spec):
         pipe = load_toy_pipeline()
     else:
         for name, what in ((spec.base, "base model"), (spec.controlnet, "ControlNet")):
-            if _looks_like_path(name) and not os.path.exists(name):
+            if files.looks_like_path(name) and not os.path.exists(name):
                 raise UserError(f"{what} path not found: {name}; pass a diffusers folder, a checkpoint or a hub id")
         check_compatible(spec)
         controlnet = _load_controlnet(spec, dtype)
@@ -148,11 +148,6 @@ def load_pipeline(spec):
     return pipe
 
 
-def _looks_like_path(name):
-    """A local path rather than a hub id ("owner/name": one slash, no leading dot, slash or tilde)."""
-    return os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") != 1
-
-
 @contextlib.contextmanager
 def _hub_notes_hidden():
     """Here only: huggingface_hub's deprecation notes about diffusers' own calls."""
@@ -163,7 +158,7 @@ def _hub_notes_hidden():
 
 def _from_pretrained(cls, name, what, local_files_only, **kwargs):
     """cls.from_pretrained with missing weights turned into one actionable line."""
-    if _looks_like_path(name) and not os.path.isdir(name):
+    if files.looks_like_path(name) and not os.path.isdir(name):
         raise UserError(f"{what} {name} is not a folder; pass a diffusers folder or a hub id")
     try:
         with _hub_notes_hidden():

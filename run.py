@@ -5,7 +5,6 @@ techniques.py and keyframes.py); ``run_command(args)`` checks them, loads inputs
 builds the techniques, runs the loop and writes the run folder (outputs.py).
 """
 import argparse
-import importlib.util
 import logging
 import math
 import os
@@ -250,9 +249,6 @@ def validate(args):
          f"--control {','.join(args.control)} needs --video: the {' and '.join(extra)} maps come from the source clip"),
         (not (extra and args.model == "toy"), "--model toy has a pose ControlNet only: drop the extra controls of "
                                               "--control"),
-        (not ("depth" in extra and importlib.util.find_spec("controlnet_aux") is None),
-         "--control depth needs controlnet_aux (pip install controlnet_aux; it needs torchvision) and the MiDaS "
-         "weights (lllyasviel/Annotators, or --annotator-path)"),
         (0 <= args.canny_low <= args.canny_high, "need 0 <= --canny-low <= --canny-high"),
         (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
         (args.eta >= 0, "--eta must be >= 0"),
@@ -280,6 +276,7 @@ def validate(args):
             raise UserError(message)
     for technique in (*registry.TECHNIQUES, KeyframePlan):
         technique.check(args)
+    controls.check_available(args.control)
     for source, _ in args.lora:
         adapters.check_source("--lora", source, adapters.LORA_WEIGHTS)
     for source, _ in args.embedding:

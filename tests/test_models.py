@@ -7,6 +7,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 import convert_original_controlnet_to_diffusers as converter
+import files
 import models
 import pipeline
 from errors import UserError
@@ -60,8 +61,8 @@ def test_missing_accelerators_are_user_errors():
 
 
 def test_hub_ids_and_paths_are_told_apart():
-    assert not models._looks_like_path("stabilityai/stable-diffusion-2-1-base")
-    assert models._looks_like_path("./weights") and models._looks_like_path("/abs/sd") and models._looks_like_path("a/b/c")
+    assert not files.looks_like_path("stabilityai/stable-diffusion-2-1-base")
+    assert files.looks_like_path("./weights") and files.looks_like_path("/abs/sd") and files.looks_like_path("a/b/c")
 
 
 def tiny_base_folder(folder):
@@ -136,3 +137,19 @@ def test_a_controlnet_for_another_base_is_refused_before_any_weights_load(tmp_pa
            f"against 32" in err
     # the same pair's own ControlNet passes the check (and then fails on the damaged weights, as it should)
     models.check_compatible(models.ModelSpec(base=str(tmp_path / "base"), controlnet=str(tmp_path / "base" / "controlnet")))
+
+
+def test_file_hashes_are_read_once_and_follow_the_files_contents(tmp_path, monkeypatch):
+    import builtins
+    import hashlib
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 100)
+    assert files.file_hash(str(path)) == hashlib.sha256(b"a" * 100).hexdigest()
+    real_open, opened = builtins.open, []
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    assert files.file_hash(str(path)) == hashlib.sha256(b"a" * 100).hexdigest() and not opened  # remembered
+    monkeypatch.undo()
+    path.write_bytes(b"b" * 100)  # the same size, written later: read again
+    os.utime(path, ns=(1, 1))
+    assert files.file_hash(str(path)) == hashlib.sha256(b"b" * 100).hexdigest()
