@@ -62,10 +62,23 @@ def flow_grid(flow):
     return torch.stack([x, y], dim=-1)
 
 
-def warp(latents, flow):
-    """Backward warp: out(p) = latents(p + flow(p)), bilinear; latents (F, C, H, W), flow (F, H, W, 2)."""
+def warp(latents, flow, mode="bilinear"):
+    """Backward warp: out(p) = latents(p + flow(p)); latents (F, C, H, W), flow (F, H, W, 2).
+
+    mode "bilinear", or "nearest" (keeps a noise field's variance, which bilinear mixing shrinks)."""
     grid = flow_grid(flow.to(latents.dtype))
-    return F.grid_sample(latents, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(latents, grid, mode=mode, padding_mode="border", align_corners=True)
+
+
+def compose_flows(outer, outer_mask, inner, inner_mask):
+    """Chain backward flows: outer maps frame k to k', inner maps k' to k'' -> k to k''.
+
+    flow(p) = outer(p) + inner(p + outer(p)); mask(p) = outer_mask(p) * [warp(inner_mask)(p) > 0.5]
+    flows (F, H, W, 2) in pixels, masks (F, 1, H, W) in {0, 1}.
+    """
+    inner_at = warp(inner.permute(0, 3, 1, 2), outer).permute(0, 2, 3, 1)
+    mask_at = warp(inner_mask, outer)
+    return outer + inner_at, outer_mask * (mask_at > 0.5).to(outer_mask.dtype)
 
 
 def affine_warp(latents, matrices):

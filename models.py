@@ -4,6 +4,7 @@ deterministic random-weight set the demo and the tests use (nothing downloaded).
 object is a container here: sdvideo's own loop (pipeline.py) uses its parts and its
 ``encode_prompt``, so prompts, control images and decoding match diffusers exactly.
 """
+import argparse
 import contextlib
 import json
 import logging
@@ -17,13 +18,16 @@ import torch
 import yaml
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     ControlNetModel,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     MultiControlNetModel,
     StableDiffusionControlNetPipeline,
+    TCDScheduler,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
@@ -42,12 +46,16 @@ DEFAULT_CONTROLNET = "thibaud/controlnet-sd21-openpose-diffusers"
 TINY = "tiny"
 TOY = "toy"
 TOY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_model")  # trained by train_toy.py
+TINY_VAE = "madebyollin/taesd"  # TAESD: diffusers' AutoencoderTiny for SD 1.x/2.x latents
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
     "euler": EulerDiscreteScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
     "unipc": UniPCMultistepScheduler,
+    "lcm": LCMScheduler,  # LCM and LCM-LoRA, 1-8 steps
+    "tcd": TCDScheduler,  # TCD-LoRA, 1-8 steps
+    "model": None,  # the class the base folder ships (SD-Turbo: Euler, trailing timestep spacing)
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_EXTENSIONS = (".ckpt", ".pth", ".pt", ".safetensors")
@@ -72,6 +80,7 @@ class ModelSpec:
     controlnet: str = DEFAULT_CONTROLNET
     controlnet_config: str = "cldm_v21.yaml"
     scheduler: str = "ddim"
+    vae: str | None = None  # an AutoencoderTiny (folder or hub id) for decoding and encoding, else the base's
     dtype: str = "fp32"
     device: str = "auto"
     local_files_only: bool = False
@@ -103,9 +112,20 @@ def pick_device(name):
     return torch.device(name)
 
 
-def make_scheduler(name, config):
-    """The --scheduler choice built from a scheduler config (keeps prediction_type, spacing...)."""
-    return SCHEDULERS[name].from_config(config)
+def parse_vae(value):
+    """--vae: "full" -> None (the base's own), "tiny" -> TINY_VAE, "tiny=PATH_OR_ID" -> that."""
+    kind, _, source = value.partition("=")
+    if kind == "full" and not source:
+        return None
+    if kind == "tiny":
+        return source or TINY_VAE
+    raise argparse.ArgumentTypeError(f"{value!r}: use full, tiny or tiny=PATH_OR_ID")
+
+
+def make_scheduler(name, scheduler):
+    """The --scheduler choice built from the loaded scheduler's config (keeps prediction_type,
+    timestep spacing...); "model" keeps the loaded scheduler itself."""
+    return scheduler if SCHEDULERS[name] is None else SCHEDULERS[name].from_config(scheduler.config)
 
 
 def load_pipeline(spec):
@@ -127,7 +147,12 @@ def load_pipeline(spec):
                                 requires_safety_checker=False)
     if spec.extra_controlnets:  # diffusers' own container: residuals summed, each at its own scale
         pipe.controlnet = MultiControlNetModel([pipe.controlnet, *_extra_controlnets(spec, dtype)])
-    pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler)
+    if pipe.unet.config.get("time_cond_proj_dim") is not None:
+        raise UserError("this base's UNet takes a guidance embedding (an LCM-distilled UNet, time_cond_proj_dim), "
+                        "which sdvideo does not feed; use its LCM-LoRA on the plain base (--lora) instead")
+    if spec.vae:
+        pipe.vae = load_tiny_vae(spec.vae, pipe, dtype, spec.local_files_only)
     pipe.set_progress_bar_config(disable=True)
     adapters.load_embeddings(pipe, spec.embeddings, spec.local_files_only)
     adapters.load_loras(pipe, spec.loras, spec.local_files_only)
@@ -146,6 +171,22 @@ def load_pipeline(spec):
     pipe = pipe.to(device=device, dtype=dtype) if pipe.unet.dtype != dtype else pipe.to(device)
     speed.apply_speed_options(pipe, spec)
     return pipe
+
+
+def load_tiny_vae(source, pipe, dtype, local_files_only):
+    """An AutoencoderTiny (TAESD) in place of the base's VAE, checked against the base from its config
+    before its weights load: latent channels and downsampling factor."""
+    if files.looks_like_path(source) and not os.path.exists(source):
+        raise UserError(f"--vae tiny={source}: path not found; pass an AutoencoderTiny folder or hub id")
+    config = _read_config(AutoencoderTiny, source, local_files_only)
+    if config is not None:
+        factor = 2 ** (len(config["encoder_block_out_channels"]) - 1)
+        channels = config.get("latent_channels", 4)
+        if (factor, channels) != (pipe.vae_scale_factor, pipe.unet.config.in_channels):
+            raise UserError(f"--vae tiny={source} does not fit the base: it downsamples by {factor} to {channels} "
+                            f"channels, the base's latents are {pipe.vae_scale_factor}x, "
+                            f"{pipe.unet.config.in_channels} channels (TAESD {TINY_VAE} fits SD 1.x/2.x)")
+    return _from_pretrained(AutoencoderTiny, source, "tiny VAE", local_files_only, torch_dtype=dtype).eval()
 
 
 @contextlib.contextmanager

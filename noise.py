@@ -1,41 +1,46 @@
 """Initial noise for a clip: one latent per frame, drawn from per-frame generators.
 
-Every function here has the signature ``noise_<kind>(generators, shape, **settings)`` and
-returns a float32 tensor of shape (F, C, H, W) with F = len(generators) and unit variance per
-element. ``generators[i]`` is frame i's CPU generator (seeded ``seed + i`` by the pipeline), so
-``noise_independent`` reproduces what diffusers draws for frame i alone. ``NOISE`` maps the
-CLI's ``--noise`` choices to these functions. Imports only torch.
+Every function here has the signature ``noise_<kind>(generators, shape, dtype, **settings)``
+and returns a float32 tensor of shape (F, C, H, W) with F = len(generators) and unit variance
+per element. ``generators[i]`` is frame i's CPU generator (seeded ``seed + i`` by the pipeline).
+Each per-frame draw is made as diffusers' ``randn_tensor`` makes it, in the model's ``dtype``
+(on torch <= 2.11 a half-precision CPU draw is unrelated to the float32 draw of the same seed),
+then widened to float32 for the noise maths. So ``noise_independent`` reproduces bit for bit what
+diffusers draws for frame i alone, in every dtype, and ``noise_fixed`` its draw for the first
+frame; the others start from those draws (docs/techniques.md). ``NOISE`` maps the CLI's
+``--noise`` choices to these functions. Imports only torch.
 """
 import math
 
 import torch
 
 
-def _draw(generator, shape):
-    """One standard normal latent (C, H, W) from ``generator`` (drawn on the CPU, float32)."""
-    return torch.randn((1, *shape), generator=generator, dtype=torch.float32)[0]
+def _draw(generator, shape, dtype=torch.float32):
+    """One standard normal latent (C, H, W) from ``generator``: drawn on the CPU in ``dtype`` (as
+    diffusers draws for a pipeline in that dtype), returned as float32."""
+    return torch.randn((1, *shape), generator=generator, dtype=dtype)[0].float()
 
 
-def noise_independent(generators, shape):
+def noise_independent(generators, shape, dtype=torch.float32):
     """Independent noise per frame: frame i is drawn from generators[i]; returns (F, C, H, W)."""
-    return torch.stack([_draw(g, shape) for g in generators])
+    return torch.stack([_draw(g, shape, dtype) for g in generators])
 
 
-def noise_fixed(generators, shape):
+def noise_fixed(generators, shape, dtype=torch.float32):
     """One noise for every frame, drawn from generators[0]; returns (F, C, H, W)."""
-    return _draw(generators[0], shape).expand(len(generators), *shape).clone()
+    return _draw(generators[0], shape, dtype).expand(len(generators), *shape).clone()
 
 
-def noise_progressive(generators, shape, drift=0.1):
+def noise_progressive(generators, shape, dtype=torch.float32, drift=0.1):
     """Variance-preserving random walk; returns (F, C, H, W).
 
     z_0 = e_0,  z_i = cos(d) z_{i-1} + sin(d) e_i  with e_i ~ N(0, I) from generators[i].
     Var z_i = cos^2 d + sin^2 d = 1 and corr(z_i, z_{i+k}) = cos(d)^k.
     """
     cos_d, sin_d = math.cos(drift), math.sin(drift)
-    latents = [_draw(generators[0], shape)]
+    latents = [_draw(generators[0], shape, dtype)]
     for generator in generators[1:]:
-        latents.append(cos_d * latents[-1] + sin_d * _draw(generator, shape))
+        latents.append(cos_d * latents[-1] + sin_d * _draw(generator, shape, dtype))
     return torch.stack(latents)
 
 
@@ -53,18 +58,18 @@ def slerp(a, b, t):
     return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
 
 
-def noise_slerp(generators, shape):
+def noise_slerp(generators, shape, dtype=torch.float32):
     """Slerp from frame 0's noise to the last frame's noise across the clip; returns (F, C, H, W).
 
     The two ends are the independent noises of seeds ``seed`` and ``seed + F - 1``.
     """
-    first, last = _draw(generators[0], shape), _draw(generators[-1], shape)
+    first, last = _draw(generators[0], shape, dtype), _draw(generators[-1], shape, dtype)
     num_frames = len(generators)
     ts = [i / (num_frames - 1) if num_frames > 1 else 0.0 for i in range(num_frames)]
     return torch.stack([slerp(first, last, t) for t in ts])
 
 
-def noise_flow_gated(generators, shape, moving):
+def noise_flow_gated(generators, shape, dtype=torch.float32, moving=None):
     """Flow-gated noise (Ground-A-Video, ICLR 2024, its smoothing of the initial noise); returns
     (F, C, H, W). moving: (F-1, H, W) in {0, 1}, 1 where the source clip moves between frames n-1
     and n (its optical flow above a threshold).
@@ -72,9 +77,9 @@ def noise_flow_gated(generators, shape, moving):
     z_0 = e_0,  z_n = z_{n-1} + m_n (e_n - z_{n-1}): where the source is still a frame keeps its
     predecessor's noise, where it moves its own; each element stays N(0, 1).
     """
-    latents = [_draw(generators[0], shape)]
+    latents = [_draw(generators[0], shape, dtype)]
     for generator, mask in zip(generators[1:], moving):
-        latents.append(torch.where(mask.bool()[None], _draw(generator, shape), latents[-1]))  # the formula, exactly
+        latents.append(torch.where(mask.bool()[None], _draw(generator, shape, dtype), latents[-1]))  # the formula, exactly
     return torch.stack(latents)
 
 

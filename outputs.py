@@ -247,7 +247,9 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
                        "hooks": technique_record(found, driver)},
         "models": {"model": args.model, "base": args.base, "controlnet": args.controlnet,
                    "scheduler": type(pipe.scheduler).__name__,
+                   "timestep_spacing": pipe.scheduler.config.get("timestep_spacing"),
                    "prediction_type": pipe.scheduler.config.get("prediction_type"),
+                   "vae": args.vae or "the base's",
                    "controls": {name: (args.controlnet if name == "pose" else getattr(args, f"controlnet_{name}"))
                                 for name in args.control},
                    **adapters.describe(args.lora, args.embedding)},

@@ -190,7 +190,7 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     if generators is None:
         generators = frame_generators(config.seed, frame_ids)
     if noise is None:
-        noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
+        noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), dtype, **config.noise_settings)
     noise = noise.to(device=device, dtype=dtype)
     latents = noise * pipe.scheduler.init_noise_sigma
     info = PassInfo(frame_ids, timesteps, pipe.scheduler, noise, pipe.scheduler.config.get("prediction_type", "epsilon"))
@@ -214,8 +214,11 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
         noise_pred = batcher.predict(latents, computed, active, i, t, text_embeds, cond_scales[i])
         step_kwargs = pipe.prepare_extra_step_kwargs([generators[j] for j in computed], config.eta)
         output = pipe.scheduler.step(noise_pred, t, latents[index], **step_kwargs)
+        # DDIM, Euler: pred_original_sample; LCM: denoised (its boundary-condition mix of x0 and z_t)
         x0_computed = getattr(output, "pred_original_sample", None)
-        if x0_computed is None:  # multistep solvers (DPM++, UniPC) are variance preserving
+        if x0_computed is None:
+            x0_computed = getattr(output, "denoised", None)
+        if x0_computed is None:  # multistep solvers (DPM++, UniPC) and TCD are variance preserving
             x0_computed = latent_ops.predicted_x0(noise_pred, latents[index], info.alpha_bar(i), info.prediction_type)
         latents = latents.index_copy(0, index, output.prev_sample.to(dtype))
         x0_pred = torch.zeros_like(latents).index_copy(0, index, x0_computed.to(dtype))
@@ -234,7 +237,10 @@ def encode(pipe, frames, batch_size):
     latents = []
     for start in range(0, len(frames), batch_size):
         images = pose_maps_to_control(frames[start:start + batch_size], device, dtype) * 2 - 1
-        latents.append(pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor)
+        encoded = pipe.vae.encode(images)
+        # AutoencoderTiny (--vae tiny) encodes to latents directly, AutoencoderKL to a distribution
+        mean = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
+        latents.append(mean * pipe.vae.config.scaling_factor)
     return torch.cat(latents)
 
 
@@ -244,7 +250,8 @@ def generate(pipe, pose_maps, config, techniques=(), driver=None, progress=True)
     are made once for the clip."""
     num_frames, height, width = pose_maps.shape[:3]
     generators = frame_generators(config.seed, range(num_frames))
-    noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), **config.noise_settings)
+    noise = NOISE[config.noise](generators, latent_shape(pipe, height, width), pipe.unet.dtype,
+                                **config.noise_settings)
     stats = LoopStats()
     text_embeds = encode_prompt(pipe, config)
 

@@ -5,7 +5,7 @@ after; then the techniques that plan the model's calls (at most one per run), fl
 the final clean estimates. The interface each class has is described in techniques.py.
 """
 from planners import CrossFrameAttention, Grid, TrajectoryAttention
-from techniques import Blend, Copy, FlowWarp, LatentDifferences, StartFromLatents
+from techniques import Blend, Copy, FlowFusion, LatentDifferences, StartFromLatents
 
 TECHNIQUES = [StartFromLatents, Copy, LatentDifferences, Blend, CrossFrameAttention, TrajectoryAttention, Grid,
-              FlowWarp]
+              FlowFusion]

@@ -149,7 +149,11 @@ def add_input_and_model_arguments(parser):
                        help="original config used to convert a .ckpt/.safetensors --controlnet (default: "
                             "cldm_v21.yaml beside sdvideo.py)")
     model.add_argument("--scheduler", choices=tuple(models.SCHEDULERS), default="ddim",
-                       help="sampler, built from the base model's scheduler config")
+                       help="sampler, built from the base model's scheduler config (its timestep spacing kept); "
+                            "lcm, tcd: few-step (LCM/TCD LoRAs); model: the base folder's own (SD-Turbo's Euler)")
+    model.add_argument("--vae", type=models.parse_vae, default=None, metavar="full|tiny[=PATH_OR_ID]",
+                       help=f"full: the base's VAE; tiny: diffusers' AutoencoderTiny ({models.TINY_VAE}, or "
+                            "another), decoding and encoding the source, about 20x cheaper")
     model.add_argument("--dtype", choices=tuple(models.DTYPES), default="fp32", help="model precision")
     model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="where to run")
     model.add_argument("--local-files-only", action="store_true",
@@ -299,7 +303,7 @@ def validate(args):
 
 def load_models(args):
     spec = models.ModelSpec(model=args.model, base=args.base, controlnet=args.controlnet,
-                            controlnet_config=args.controlnet_config, scheduler=args.scheduler,
+                            controlnet_config=args.controlnet_config, scheduler=args.scheduler, vae=args.vae,
                             dtype=args.dtype, device=args.device,
                             local_files_only=args.local_files_only or os.environ.get("HF_HUB_OFFLINE") == "1",
                             attention=args.attention, channels_last=args.channels_last, compile=args.compile,

@@ -1,15 +1,18 @@
 """The toy world's measures of a generated picture: where the figure is (pose IoU against the
-renderer's true mask) and what colour its shirt is. ``pose_iou`` and ``color_accuracy`` are the
+renderer's true mask), where its arms are (arm IoU), whether a golfer's club shows, and what
+colour its shirt is. ``pose_iou``, ``arm_iou``, ``club_visibility`` and ``color_accuracy`` are the
 entry points (metrics.py calls them for toy-model runs); docs/toy_world.md says how they read.
 """
 import cv2
 import numpy as np
 
-from toyworld import (COLORS, L_HIP, L_SHO, R_HIP, R_SHO, SIZE, SKIN_TONES, Look, Nuisance, clean_background,
-                      parse_prompt, render)
+from toyworld import (ARMS, CLUB_COLORS, COLORS, L_HIP, L_SHO, R_HIP, R_SHO, SIZE, SKIN_TONES, SUPERSAMPLE, Look, Nuisance,
+                      body_for, clean_background, club_line, limb_mask, parse_prompt, render, torso_length)
 
-FIGURE_THRESHOLD = 60.0
-LIGHTING_RANGE = (0.7, 1.35)  # what random_nuisance's light and light_slope can make  # RGB distance from the nuisance-free background that counts as figure
+FIGURE_THRESHOLD = 60.0  # RGB distance from the nuisance-free background that counts as figure
+LIGHTING_RANGE = (0.7, 1.35)  # what random_nuisance's light and light_slope can make
+CLUB_THRESHOLD = 50.0  # a club point is off the background by this much (the shadow darkens by <= ~40)
+CLUB_SEEN = 0.5  # a club is visible where this share of its shaft's free points is off the background
 
 
 def lighting(image, background):
@@ -23,13 +26,18 @@ def lighting(image, background):
     return np.clip(gain, *LIGHTING_RANGE)[None, :, None].astype(np.float32)
 
 
+def background_distance(image, background):
+    """RGB distance of each pixel from the prompt's nuisance-free background under the picture's
+    own ``lighting``: image (H, W, 3) uint8 -> (H, W) float."""
+    clean, _ = clean_background(background, *image.shape[:2])
+    return np.linalg.norm(image.astype(np.float32) - clean * lighting(image, background), axis=-1)
+
+
 def segment_figure(image, background):
     """The figure in a generated picture: pixels whose colour is further than FIGURE_THRESHOLD from
     the prompt's nuisance-free background under the picture's own ``lighting``, cleaned by a 3x3
     opening. image (H, W, 3) uint8 -> bool (H, W)."""
-    clean, _ = clean_background(background, *image.shape[:2])
-    distance = np.linalg.norm(image.astype(np.float32) - clean * lighting(image, background), axis=-1)
-    figure = (distance > FIGURE_THRESHOLD).astype(np.uint8)
+    figure = (background_distance(image, background) > FIGURE_THRESHOLD).astype(np.uint8)
     return cv2.morphologyEx(figure, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
 
 
@@ -84,3 +92,73 @@ def color_accuracy(frames, keypoints, prompt):
     torsos = [(f, torso_mask(k, f.shape[0])) for f, k in zip(frames, keypoints)]
     hits = [dominant_color(f, m) == shirt for f, m in torsos if m is not None and m.any()]
     return float(np.mean(hits)) if shirt and hits else None
+
+
+def _disc(radius):
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def club_mask(keypoints, size):
+    """A golfer's club as the renderer draws it, (size, size) bool (all False where none is drawn)."""
+    with_club = render(keypoints, Look(background="studio", golfer=True), Nuisance(), size)[1]
+    return with_club & ~render(keypoints, Look(background="studio"), Nuisance(), size)[1]
+
+
+def arm_iou(frames, keypoints, prompt):
+    """Mean IoU of the arms alone: the figure segmented in each frame against the upper-arm and
+    forearm capsules' true mask, both taken inside the arms' neighbourhood (the true arms dilated
+    by a quarter of the torso length) less the rest of the true figure (torso, head, and a golfer's
+    club), where an arm over the body cannot be told from it. Frames whose arms lie wholly over
+    the body are left out; None where every frame is. frames (F, S, S, 3), keypoints (F, 18, 3)."""
+    look = parse_prompt(prompt)
+    size = frames.shape[1]
+    scores = []
+    for frame, points in zip(frames, keypoints):
+        arms = limb_mask(points, ARMS, size)
+        rest = render(points, Look(background="studio"), Nuisance(), size)[1] & ~arms
+        if look.golfer:
+            rest |= club_mask(points, size)
+        radius = max(1, int(round(0.25 * torso_length(points))))
+        region = cv2.dilate(arms.astype(np.uint8), _disc(radius)).astype(bool) & ~rest
+        if (arms & region).sum() == 0:
+            continue
+        scores.append(iou(segment_figure(frame, look.background) & region, arms & region))
+    return float(np.mean(scores)) if scores else None
+
+
+def club_points(keypoints, size):
+    """Integer pixels (N, 2) x, y along a golfer's true shaft, one per pixel of its length, inside
+    the picture; empty where no club is drawn."""
+    line = club_line(keypoints.astype(np.float64), body_for(size))
+    if line is None:
+        return np.zeros((0, 2), int)
+    grip, end = line
+    count = max(2, int(np.linalg.norm(end - grip)))
+    points = np.round(grip[None] + np.linspace(0, 1, count)[:, None] * (end - grip)[None]).astype(int)
+    inside = (points >= 0).all(axis=1) & (points < size).all(axis=1)
+    return points[inside]
+
+
+def club_visibility(frames, keypoints, prompt, min_points=5):
+    """Share of frames whose club shows: along the true shaft, away from the rest of the figure (its
+    true mask dilated by 2 px), at least CLUB_SEEN of the points have a pixel within 1 px that is
+    off the background by CLUB_THRESHOLD and nearer the club's colour than the background's (a
+    shirt is off the background too, but not club-coloured). Frames with fewer than ``min_points`` free shaft points
+    are left out. None where the prompt names no golfer or no frame counts."""
+    look = parse_prompt(prompt)
+    if not look.golfer:
+        return None
+    size = frames.shape[1]
+    seen = []
+    for frame, points in zip(frames, keypoints):
+        body = render(points, Look(background="studio"), Nuisance(), size)[1]
+        near_body = cv2.dilate(body.astype(np.uint8), _disc(2)).astype(bool)
+        shaft = [p for p in club_points(points, size) if not near_body[p[1], p[0]]]
+        if len(shaft) < min_points:
+            continue
+        distance = background_distance(frame, look.background)
+        to_club = np.linalg.norm(frame.astype(np.float32) - np.float32(CLUB_COLORS[look.background]), axis=-1)
+        club_like = ((distance > CLUB_THRESHOLD) & (to_club < distance)).astype(np.uint8)
+        near = cv2.dilate(club_like, np.ones((3, 3), np.uint8)).astype(bool)  # within 1 px of the line
+        seen.append(np.mean([near[y, x] for x, y in shaft]) >= CLUB_SEEN)
+    return float(np.mean(seen)) if seen else None

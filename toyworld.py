@@ -7,15 +7,20 @@ colours and the background kind; the nuisances (background texture, lighting, sk
 cap, shadow) are fixed by neither the prompt nor the pose. A per-frame generator redraws them at
 every frame: that is the flicker the temporal techniques exist to remove. ``random_pose`` draws
 plausible bodies for training and the held-out evaluation set; ``sample`` a training example.
+
+Two worlds share this renderer, told apart by picture size (``body_for``): the first toy model's
+64 px world (chunky limbs, no hands, no club) and toy world 2 at 128 px, SD's shape (limbs as thin
+as a body's, hands, and a golf club in the hands whenever the prompt names a golfer).
 """
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-SIZE = 64  # the toy model's native picture size (its VAE downsamples by 4: 16x16 latents)
+SIZE = 64  # the committed toy model's native picture size (its VAE downsamples by 4: 16x16 latents)
+SIZE2 = 128  # toy world 2: SD's shape (an 8x VAE, 16x16 latents); train_toy.py --size 128
 SUPERSAMPLE = 2  # drawn at 2x and area-averaged, for anti-aliased edges
 COLORS = {
     "red": (205, 35, 35), "blue": (35, 70, 210), "green": (35, 165, 55),
@@ -33,21 +38,55 @@ SHOE_COLOR = (45, 40, 38)
 # COCO-18 joints
 NOSE, NECK, R_SHO, R_ELB, R_WRI, L_SHO, L_ELB, L_WRI, R_HIP, R_KNE, R_ANK, L_HIP, L_KNE, L_ANK = range(14)
 R_EYE, L_EYE, R_EAR, L_EAR = range(14, 18)
-# Widths of body parts as fractions of the torso length (neck to mid-hip): chunky, so a figure
-# at 64 px still has limbs a few pixels wide.
-ARM_WIDTH, FOREARM_WIDTH, THIGH_WIDTH, SHIN_WIDTH = 0.30, 0.26, 0.36, 0.30
-HEAD_RADIUS, SHOULDER_PAD, HIP_PAD = 0.36, 0.12, 0.10
+ARMS = ((R_SHO, R_ELB), (R_ELB, R_WRI), (L_SHO, L_ELB), (L_ELB, L_WRI))  # the limbs arm IoU measures
+# The club: a dark shaft and head on the day backgrounds, steel under the night's floodlights, so it
+# stands out from every background the prompt can name.
+CLUB_COLORS = {"golf course": (38, 38, 44), "studio": (38, 38, 44), "beach": (38, 38, 44), "night": (205, 205, 212)}
+
+
+@dataclass(frozen=True)
+class Body:
+    """A world's proportions, as fractions of the torso length (neck to mid-hip)."""
+
+    arm: float
+    forearm: float
+    thigh: float
+    shin: float
+    head: float  # radius
+    shoulder_pad: float = 0.12
+    hip_pad: float = 0.10
+    hand: float = 0.0  # radius; 0: no hands drawn
+    club: float = 0.0  # shaft length from the grip; 0: no club, even for a golfer
+    shaft: float = 0.07  # shaft width
+    club_head: tuple = (0.17, 0.07)  # the head's half-length and half-width
+
+
+# The first toy model's world: chunky, so that a figure at 64 px still has limbs a few pixels wide.
+CHUNKY = Body(arm=0.30, forearm=0.26, thigh=0.36, shin=0.30, head=0.36)
+# Toy world 2: a body's proportions (an upper arm ~0.18 of the torso length), hands, and a club
+# about as long as an iron (1.6 torso lengths from the grip).
+SLIM = Body(arm=0.19, forearm=0.15, thigh=0.27, shin=0.21, head=0.31, shoulder_pad=0.10, hip_pad=0.09,
+            hand=0.10, club=1.6)
+
+
+def body_for(size):
+    """The proportions of the world drawn at this picture size: SLIM from SIZE2 up, else CHUNKY."""
+    return SLIM if size >= SIZE2 else CHUNKY
 
 
 @dataclass(frozen=True)
 class Look:
-    """What a prompt fixes: shirt and trouser colour names and the background kind."""
+    """What a prompt fixes: shirt and trouser colour names, the background kind, and whether the
+    person is a golfer (who holds a club, in a world that draws clubs)."""
 
     shirt: str = "red"
     trousers: str = "black"
     background: str = "golf course"
+    golfer: bool = False
 
-    def prompt(self, subject="a golfer"):
+    def prompt(self, subject=None):
+        """The prompt naming this look; subject defaults to "a golfer" or "a person"."""
+        subject = subject or ("a golfer" if self.golfer else "a person")
         return f"{subject} in a {self.shirt} shirt and {self.trousers} trousers, {_place(self.background)}"
 
 
@@ -84,6 +123,7 @@ def parse_prompt(prompt, default=Look()):
         if any(re.search(rf"\b{w}\b", text) for w in words):
             found["background"] = background
             break
+    found["golfer"] = bool(re.search(r"\bgolfers?\b", text))
     return Look(**{**default.__dict__, **found})
 
 
@@ -179,9 +219,51 @@ def head_centre(keypoints, length):
     return keypoints[NECK, :2] + (0.0, -0.55 * length)
 
 
-def _draw_figure(canvas, mask, keypoints, look, nuisance):
-    """The person, back to front: legs, torso, arms, head; canvas (H, W, 3) uint8 and mask (H, W)
-    uint8 drawn in place (keypoints in canvas pixels)."""
+def _forearm_direction(keypoints, elbow, wrist):
+    step = keypoints[wrist, :2] - keypoints[elbow, :2]
+    return step / max(1e-3, float(np.linalg.norm(step)))
+
+
+def club_line(keypoints, body):
+    """Where a golfer's club is: (grip, head end) in the keypoints' pixels, or None. The grip is
+    the hands (both, where the wrists are close as in a golf grip, else the left hand, the lead
+    hand of a right-handed swing); the shaft continues the forearms' line."""
+    if body.club <= 0:
+        return None
+    seen = keypoints[:, 2] > 0
+    length = torso_length(keypoints)
+    hands = [(e, w) for e, w in ((L_ELB, L_WRI), (R_ELB, R_WRI)) if seen[e] and seen[w]]
+    if not hands:
+        return None
+    if len(hands) == 2 and np.linalg.norm(keypoints[L_WRI, :2] - keypoints[R_WRI, :2]) < 0.35 * length:
+        grip = keypoints[[L_WRI, R_WRI], :2].mean(axis=0)
+        direction = sum(_forearm_direction(keypoints, e, w) for e, w in hands)
+        direction = direction / max(1e-3, float(np.linalg.norm(direction)))
+    else:
+        elbow, wrist = hands[0]
+        grip, direction = keypoints[wrist, :2], _forearm_direction(keypoints, elbow, wrist)
+    grip = grip + body.hand * length * direction  # held in the fist, past the wrist
+    return grip, grip + body.club * length * direction
+
+
+def _draw_club(canvas, mask, keypoints, body, color):
+    """Shaft and head along ``club_line``, drawn in place (supersampled pixels)."""
+    line = club_line(keypoints, body)
+    if line is None:
+        return
+    grip, end = line
+    length = torso_length(keypoints)
+    direction = (end - grip) / max(1e-3, float(np.linalg.norm(end - grip)))
+    for target, value in ((canvas, color), (mask, 255)):
+        _capsule(target, grip, end, max(0.5, body.shaft * length / 2), value)
+        # the head sticks out sideways from the shaft's end, toe away from the golfer
+        toe = end + body.club_head[0] * length * np.array([-direction[1], direction[0]])
+        _capsule(target, end, toe, body.club_head[1] * length, value)
+
+
+def _draw_figure(canvas, mask, keypoints, look, nuisance, body):
+    """The person, back to front: legs, torso, arms, hands, club, head; canvas (H, W, 3) uint8 and
+    mask (H, W) uint8 drawn in place (keypoints in canvas pixels)."""
     seen = keypoints[:, 2] > 0
     length = torso_length(keypoints)
     shirt, trousers = COLORS[look.shirt], COLORS[look.trousers]
@@ -198,8 +280,8 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance):
             cv2.fillConvexPoly(target, points, value, cv2.LINE_AA)
 
     for hip, knee, ankle in ((R_HIP, R_KNE, R_ANK), (L_HIP, L_KNE, L_ANK)):
-        limb(hip, knee, THIGH_WIDTH, trousers)
-        limb(knee, ankle, SHIN_WIDTH, trousers)
+        limb(hip, knee, body.thigh, trousers)
+        limb(knee, ankle, body.shin, trousers)
         if seen[ankle]:
             foot = keypoints[ankle, :2] + (0.0, 0.12 * length)
             for target, value in ((canvas, SHOE_COLOR), (mask, 255)):
@@ -207,13 +289,13 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance):
                             (max(1, int(0.22 * length)), max(1, int(0.12 * length))), 0, 0, 360, value, -1, cv2.LINE_AA)
     if seen[R_HIP] and seen[L_HIP]:
         r_hip, l_hip = keypoints[R_HIP, :2], keypoints[L_HIP, :2]
-        side = (l_hip - r_hip) / max(1e-3, np.linalg.norm(l_hip - r_hip)) * HIP_PAD * length
+        side = (l_hip - r_hip) / max(1e-3, np.linalg.norm(l_hip - r_hip)) * body.hip_pad * length
         drop = np.array([0.0, 0.18 * length])
         polygon([r_hip - side, l_hip + side, l_hip + side + drop, r_hip - side + drop], trousers)
     if seen[R_SHO] and seen[L_SHO] and seen[R_HIP] and seen[L_HIP]:
         r_sho, l_sho = keypoints[R_SHO, :2], keypoints[L_SHO, :2]
         r_hip, l_hip = keypoints[R_HIP, :2], keypoints[L_HIP, :2]
-        pad = (l_sho - r_sho) / max(1e-3, np.linalg.norm(l_sho - r_sho)) * SHOULDER_PAD * length
+        pad = (l_sho - r_sho) / max(1e-3, np.linalg.norm(l_sho - r_sho)) * body.shoulder_pad * length
         polygon([r_sho - pad, l_sho + pad, l_hip, r_hip], shirt)
         polygon([r_sho - pad, l_sho + pad, (l_hip + r_hip) / 2], shirt)
     elif seen[NECK] and (seen[R_HIP] or seen[L_HIP]):
@@ -221,11 +303,20 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance):
         for target, value in ((canvas, shirt), (mask, 255)):
             _capsule(target, keypoints[NECK, :2], hip, 0.3 * length, value)
     for shoulder, elbow, wrist in ((R_SHO, R_ELB, R_WRI), (L_SHO, L_ELB, L_WRI)):
-        limb(shoulder, elbow, ARM_WIDTH, shirt)
-        limb(elbow, wrist, FOREARM_WIDTH, skin)
+        limb(shoulder, elbow, body.arm, shirt)
+        limb(elbow, wrist, body.forearm, skin)
+    if look.golfer:
+        _draw_club(canvas, mask, keypoints, body, CLUB_COLORS[look.background])
+    if body.hand > 0:  # a fist just past each wrist, over the club's grip
+        for elbow, wrist in ((R_ELB, R_WRI), (L_ELB, L_WRI)):
+            if seen[elbow] and seen[wrist]:
+                centre = keypoints[wrist, :2] + 0.6 * body.hand * length * _forearm_direction(keypoints, elbow, wrist)
+                for target, value in ((canvas, skin), (mask, 255)):
+                    cv2.circle(target, tuple(int(round(v)) for v in centre), max(1, int(round(body.hand * length))),
+                               value, -1, cv2.LINE_AA)
     if seen[NECK] or seen[NOSE]:
         centre = head_centre(keypoints, length)
-        radius = HEAD_RADIUS * length
+        radius = body.head * length
         if seen[NECK]:
             limb_end = keypoints[NECK, :2]
             for target, value in ((canvas, skin), (mask, 255)):
@@ -244,10 +335,27 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance):
                             0, 0, 360, value, -1, cv2.LINE_AA)
 
 
+def limb_mask(keypoints, limbs=ARMS, size=SIZE2):
+    """The true mask of some limbs alone (pairs of joints, default the arms): the capsules the
+    renderer draws for them, (size, size) bool; keypoints (18, 3) in the picture's pixels."""
+    body, big = body_for(size), size * SUPERSAMPLE
+    points = keypoints.astype(np.float64).copy()
+    points[:, :2] *= SUPERSAMPLE
+    length = torso_length(points)
+    widths = {(R_SHO, R_ELB): body.arm, (L_SHO, L_ELB): body.arm, (R_ELB, R_WRI): body.forearm,
+              (L_ELB, L_WRI): body.forearm}
+    mask = np.zeros((big, big), np.uint8)
+    for a, b in limbs:
+        if points[a, 2] > 0 and points[b, 2] > 0:
+            _capsule(mask, points[a, :2], points[b, :2], widths.get((a, b), body.forearm) * length / 2, 255)
+    return cv2.resize(mask.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+
+
 def render(keypoints, look, nuisance, size=SIZE):
     """One picture of a person; keypoints (18, 3) in pixels of the (size x size) picture.
 
-    -> (image (size, size, 3) uint8, mask (size, size) bool: where the figure is, shadow excluded).
+    -> (image (size, size, 3) uint8, mask (size, size) bool: where the figure is (a golfer's club
+    included), shadow excluded).
     """
     big = size * SUPERSAMPLE
     points = keypoints.astype(np.float64).copy()
@@ -264,7 +372,7 @@ def render(keypoints, look, nuisance, size=SIZE):
         background *= 1 - nuisance.shadow * shade[..., None]
     canvas = np.clip(background, 0, 255).astype(np.uint8)
     mask = np.zeros((big, big), np.uint8)
-    _draw_figure(canvas, mask, points, look, nuisance)
+    _draw_figure(canvas, mask, points, look, nuisance, body_for(size))
     ramp = 1 + nuisance.light_slope * np.linspace(-1, 1, big, dtype=np.float32)[None, :, None]
     lit = np.clip(canvas.astype(np.float32) * nuisance.light * ramp, 0, 255)
     image = cv2.resize(lit, (size, size), interpolation=cv2.INTER_AREA)
@@ -332,6 +440,30 @@ def random_pose(rng, size=SIZE):
     return points.astype(np.float32)
 
 
+def jumping_jacks(num_frames=48, size=SIZE, period=24):
+    """A second motion beside the golf swing: jumping jacks seen from the front, (F, 18, 3) in pixels
+    of a size x size picture; the arms swing from the sides to overhead and the feet apart and back,
+    one jack every ``period`` frames (a fixed body, drawn from its own seed)."""
+    base = random_pose(np.random.default_rng([HELDOUT_SEED, 1]), size)
+    length = torso_length(base)
+    mid_hip = (base[R_HIP, :2] + base[L_HIP, :2]) / 2
+    base[:, :2] += (size / 2 - mid_hip[0], 0.0)  # centred, so that the arms stay in the picture
+    poses = []
+    for frame in range(num_frames):
+        phase = 0.5 - 0.5 * math.cos(2 * math.pi * frame / period)  # 0: arms down, 1: arms up
+        pose = base.copy()
+        for shoulder, elbow, wrist, side in ((R_SHO, R_ELB, R_WRI, -1), (L_SHO, L_ELB, L_WRI, 1)):
+            upper = side * (0.25 + 2.55 * phase)
+            pose[elbow, :2] = _at(pose[shoulder, :2], 0.55 * length, upper)
+            pose[wrist, :2] = _at(pose[elbow, :2], 0.5 * length, upper + side * 0.15)
+        for hip, knee, ankle, side in ((R_HIP, R_KNE, R_ANK, -1), (L_HIP, L_KNE, L_ANK, 1)):
+            thigh = side * (0.05 + 0.3 * phase)
+            pose[knee, :2] = _at(pose[hip, :2], 0.75 * length, thigh)
+            pose[ankle, :2] = _at(pose[knee, :2], 0.7 * length, thigh)
+        poses.append(pose)
+    return np.stack(poses).astype(np.float32)
+
+
 def jittered(keypoints, rng, size=SIZE):
     """A pose (18, 3) moved, scaled and shaken a little (for training on a known pose family)."""
     seen = keypoints[:, 2] > 0
@@ -361,5 +493,7 @@ def sample(rng, swing=None, size=SIZE, swing_share=0.3):
     else:
         keypoints = random_pose(rng, size)
     look, nuisance = random_look(rng), random_nuisance(rng)
+    subject = SUBJECTS[rng.integers(len(SUBJECTS))]
+    look = replace(look, golfer=subject == "a golfer")
     image, mask = render(keypoints, look, nuisance, size)
-    return image, mask, keypoints, look.prompt(SUBJECTS[rng.integers(len(SUBJECTS))]), look
+    return image, mask, keypoints, look.prompt(subject), look

@@ -2,14 +2,18 @@
 
     python train_toy.py                      # (or `make toy-model`) -> toy_model/, resumable from toy_train/
 
-The recipe is the one that made SD 2.1 + ControlNet, shrunk: (1) an AutoencoderKL (downsamples
-by 4: 64 px pictures, 16x16x4 latents) trained to reconstruct toyworld pictures; (2) a
-UNet2DConditionModel and a CLIPTextModel (the project's byte-level tokenizer) trained together
-on (picture, prompt) with no pose input, the prompt dropped 10% of the time so that
-classifier-free guidance works; (3) ``ControlNetModel.from_unet`` trained on OpenPose maps drawn
-by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen. Every stage is seeded,
-shows a progress bar, checkpoints to ``--work`` and resumes from there; the result is one
-``StableDiffusionControlNetPipeline.save_pretrained`` folder (safetensors).
+The recipe is the one that made SD 2.1 + ControlNet, shrunk: (1) an AutoencoderKL trained to
+reconstruct toyworld pictures (toy world 2, ``--size 128``: downsamples by 8 to 16x16x4 latents,
+SD's ratio, with SD's patch discriminator from half-way; the first world, ``--size 64``: by 4);
+(2) a UNet2DConditionModel and a CLIPTextModel (the project's byte-level tokenizer) trained
+together on (picture, prompt) with no pose input, the prompt dropped 10% of the time so that
+classifier-free guidance works; at 128 px the UNet has self- and cross-attention at the latent
+resolution, as SD's first level has; (3) ``ControlNetModel.from_unet`` trained on OpenPose maps
+drawn by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen. At 128 px every
+``--grid-every``-th UNet and ControlNet step trains on 2x2 grids of full-size frames (one look,
+four poses, 256 px pictures), the pictures RAVE's grids make (RAVE keeps each frame at full size).
+Every stage is seeded, shows a progress bar, checkpoints to ``--work`` and resumes from there;
+the result is one ``StableDiffusionControlNetPipeline.save_pretrained`` folder (safetensors).
 """
 import argparse
 import logging
@@ -38,52 +42,93 @@ TEXT_DIM = 64
 PROMPT_DROPOUT = 0.1  # as SD's training: the empty prompt is the unconditional branch of guidance
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
 STAGES = ("vae", "unet", "controlnet")
+DISC_WEIGHT = 0.5  # SD's autoencoder (taming's LPIPSWithDiscriminator): adaptive weight times this
+DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, as SD's disc_start
 
 
-def build_models(tokenizer):
-    """The untrained VAE, text encoder and UNet (seeded by the caller)."""
+def build_models(tokenizer, size):
+    """The untrained VAE, text encoder and UNet for pictures of ``size`` px (seeded by the caller)."""
+    levels = 4 if size >= toyworld.SIZE2 else 3  # an 8x VAE for toy world 2, 4x for the first
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                        block_out_channels=(16, 32, 64), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                        sample_size=toyworld.SIZE)
+                        block_out_channels=(16, 32, 64, 64)[:levels], norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, sample_size=size)
+    # toy world 2: attention at the latent resolution and half of it (SD's first two levels);
+    # the first world had it at half and a quarter
+    down = (("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if levels == 4 else
+            ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"))
+    up = tuple({"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}[d] for d in reversed(down))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=models.TINY_MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, projection_dim=TEXT_DIM))
     unet = UNet2DConditionModel(
-        sample_size=toyworld.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=size // 2 ** (levels - 1), in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64, 64), norm_num_groups=16, cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8, use_linear_projection=True,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+        attention_head_dim=8, use_linear_projection=True, down_block_types=down, up_block_types=up)
     return vae, text_encoder, unet
 
 
-def make_controlnet(unet):
-    # the hint encoder downsamples by 4, as the VAE does (SD's, 4 entries, by 8)
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+def make_controlnet(unet, vae):
+    """ControlNet from the UNet; its hint encoder downsamples as the VAE does (SD's: 4 entries, 8x)."""
+    levels = len(vae.config.block_out_channels)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128)[:levels])
 
 
-def swing_poses():
-    """The bundled demo swing in picture pixels, (F, 18, 3)."""
+class Discriminator(torch.nn.Module):
+    """A PatchGAN critic (pix2pix's NLayerDiscriminator, as SD's autoencoder used), trained from
+    scratch: (B, 3, H, W) in [-1, 1] -> logits (B, 1, H/4 - 2, W/4 - 2)."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        act = torch.nn.LeakyReLU(0.2)
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 4, 2, 1), act,
+            torch.nn.Conv2d(width, 2 * width, 4, 2, 1), torch.nn.GroupNorm(8, 2 * width), act,
+            torch.nn.Conv2d(2 * width, 2 * width, 4, 1, 1), torch.nn.GroupNorm(8, 2 * width), act,
+            torch.nn.Conv2d(2 * width, 1, 4, 1, 1))
+
+    def forward(self, images):
+        return self.layers(images)
+
+
+def swing_poses(size):
+    """The bundled demo swing in pixels of a size x size picture, (F, 18, 3)."""
     sequence = pose_extract.read_poses(os.path.join(HERE, "demo", "golf_swing.json"))
     width, height = sequence.canvas_size
-    return pose_extract.fit_keypoints(sequence.keypoints, toyworld.SIZE / max(width, height), (0.0, 0.0))
+    return pose_extract.fit_keypoints(sequence.keypoints, size / max(width, height), (0.0, 0.0))
 
 
-def batch(rng, size, swing):
-    """A training batch: pictures (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps (B, 3, H, W)
-    in [0, 1], prompts."""
+def _tile(pictures, grid):
+    """grid * grid pictures (H, W, C) -> one (grid*H, grid*W, C), row-major (latent_ops.tile's order)."""
+    rows = [np.concatenate(pictures[r * grid:(r + 1) * grid], axis=1) for r in range(grid)]
+    return np.concatenate(rows, axis=0)
+
+
+def batch(rng, count, swing, size, grid=1):
+    """A training batch of ``count`` pictures: (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps
+    (B, 3, H, W) in [0, 1], prompts. With grid > 1 each picture is a grid x grid tiling of
+    size-px frames of one look (one prompt) in different poses, H = W = grid * size."""
     images, masks, maps, prompts = [], [], [], []
-    for _ in range(size):
-        image, mask, keypoints, prompt, _ = toyworld.sample(rng, swing)
-        images.append(image)
-        masks.append(mask)
-        maps.append(pose_extract.draw_openpose(keypoints, toyworld.SIZE, toyworld.SIZE))
-        prompts.append("" if rng.random() < PROMPT_DROPOUT else prompt)
+    for _ in range(count):
+        cells = [toyworld.sample(rng, swing, size)]
+        for _ in range(grid * grid - 1):  # the same look and nuisances, another pose
+            keypoints = (toyworld.jittered(swing[rng.integers(len(swing))], rng, size) if rng.random() < 0.3
+                         else toyworld.random_pose(rng, size))
+            cells.append((*toyworld.render(keypoints, cells[0][4], toyworld.random_nuisance(rng), size),
+                          keypoints))
+        images.append(_tile([c[0] for c in cells], grid))
+        masks.append(_tile([c[1][..., None] for c in cells], grid)[..., 0])
+        maps.append(_tile([pose_extract.draw_openpose(c[2], size, size) for c in cells], grid))
+        prompts.append("" if rng.random() < PROMPT_DROPOUT else cells[0][3])
     to_tensor = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
     return to_tensor(images) * 2 - 1, torch.from_numpy(np.stack(masks)).float(), to_tensor(maps), prompts
+
+
+def grid_of(step, args):
+    """The grid a UNet/ControlNet step trains on: 2 every --grid-every steps (toy world 2), else 1."""
+    return 2 if args.size >= toyworld.SIZE2 and args.grid_every and step % args.grid_every == args.grid_every - 1 else 1
 
 
 def encode_text(tokenizer, text_encoder, prompts):
@@ -96,8 +141,8 @@ class Stage:
     """One training stage's loop state: model(s) trained, optimiser, step, data RNG; saved and
     restored as one checkpoint file so that an interrupted run resumes exactly."""
 
-    def __init__(self, name, work, params, lr, steps):
-        self.name, self.steps, self.step = name, steps, 0
+    def __init__(self, name, work, params, lr, steps, config):
+        self.name, self.steps, self.step, self.config = name, steps, 0, config
         self.path = os.path.join(work, f"{name}.pt")
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
         warmup = max(1, steps // 50)
@@ -106,7 +151,7 @@ class Stage:
         self.rng = np.random.default_rng([STAGES.index(name), 0])
 
     def save(self, modules):
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+        state = {"config": self.config, "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "modules": {k: m.state_dict() for k, m in modules.items()}}
         with files.atomic_path(self.path) as temp:
@@ -116,6 +161,9 @@ class Stage:
         if not os.path.isfile(self.path):
             return False
         state = torch.load(self.path, weights_only=False)
+        if state.get("config") != self.config:
+            raise SystemExit(f"train_toy: {self.path} is a checkpoint of another model ({state.get('config')}); "
+                             "move it away or pass another --work")
         for key, module in modules.items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -132,10 +180,10 @@ def run_stage(stage, modules, loss_fn, args):
     stage.load(modules)
     bar = tqdm(total=stage.steps, initial=stage.step, desc=stage.name, disable=args.quiet)
     while stage.step < stage.steps:
-        loss = loss_fn(stage.rng)
+        loss = loss_fn(stage.rng, stage.step)
         stage.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in stage.optimizer.param_groups for p in group["params"]], 1.0)
         stage.optimizer.step()
         stage.schedule.step()
         stage.step += 1
@@ -170,47 +218,76 @@ class Noiser:
         return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
 
+def adaptive_weight(reconstruction, adversarial, last_layer):
+    """taming's balance of the two losses at the decoder's last layer: |grad rec| / |grad adv|."""
+    rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    return (rec.norm() / (adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
 def train_vae(vae, swing, args):
     """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures), a
-    small KL term as in SD's autoencoder; then the latent scaling factor."""
-    def vae_loss(rng):
-        images, masks, _, _ = batch(rng, args.vae_batch, swing)
+    small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
+    discriminator with hinge losses from DISC_START of the steps on; then the latent scaling factor."""
+    disc = Discriminator()
+    disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
+    gan_from = int(DISC_START * args.vae_steps) if args.disc_weight > 0 else args.vae_steps + 1
+
+    def vae_loss(rng, step):
+        images, masks, _, _ = batch(rng, args.vae_batch, swing, args.size)
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample()).sample
         weight = 1 + 3 * masks[:, None]
         error = (weight * ((decoded - images).abs() + (decoded - images) ** 2)).mean()
-        return error + 1e-6 * posterior.kl().mean()
+        loss = error + 1e-6 * posterior.kl().mean()
+        if step < gan_from:
+            return loss
+        # the critic's own step first (hinge: real pictures against the detached reconstructions),
+        # so that the generator's graph below holds the critic's updated weights
+        critic = F.relu(1 - disc(images)).mean() + F.relu(1 + disc(decoded.detach())).mean()
+        disc_optimizer.zero_grad(set_to_none=True)
+        (0.5 * critic).backward()
+        disc_optimizer.step()
+        disc.requires_grad_(False)  # the generator's term moves the decoder only
+        adversarial = -disc(decoded).mean()
+        disc.requires_grad_(True)
+        return loss + args.disc_weight * adaptive_weight(error, adversarial, vae.decoder.conv_out.weight) * adversarial
 
-    run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps), {"vae": vae}, vae_loss, args)
+    config = {"size": args.size, "disc_weight": args.disc_weight, "steps": args.vae_steps}
+    run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps, config),
+              {"vae": vae, "disc": disc, "disc_optimizer": disc_optimizer}, vae_loss, args)
     vae.requires_grad_(False).eval()
     with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
-        images = batch(np.random.default_rng([9, 0]), 256, swing)[0]
+        images = torch.cat([batch(np.random.default_rng([9, k]), 32, swing, args.size)[0] for k in range(8)])
         std = vae.encode(images).latent_dist.mean.std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215
+    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
 
 
 def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batch()."""
-    def unet_loss(rng):
-        images, _, _, prompts = batch(rng, args.batch, swing)
+    def unet_loss(rng, step):
+        grid = grid_of(step, args)
+        images, _, _, prompts = batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
         noisy, noise, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
                               noiser.scheduler)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps),
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps}
+    run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps, config),
               {"unet": unet, "text_encoder": text_encoder}, unet_loss, args)
     unet.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
 
 
-def train_controlnet(unet, text_encoder, tokenizer, noiser, swing, args):
+def train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args):
     """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen."""
-    controlnet = make_controlnet(unet)
+    controlnet = make_controlnet(unet, vae)
 
-    def controlnet_loss(rng):
-        images, _, maps, prompts = batch(rng, args.batch, swing)
+    def controlnet_loss(rng, step):
+        grid = grid_of(step, args)
+        images, _, maps, prompts = batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
@@ -219,7 +296,8 @@ def train_controlnet(unet, text_encoder, tokenizer, noiser, swing, args):
                           mid_block_additional_residual=mid).sample
         return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
 
-    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps),
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps}
+    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config),
               {"controlnet": controlnet}, controlnet_loss, args)
     return controlnet.eval()
 
@@ -243,13 +321,13 @@ def train(args):
     torch.manual_seed(args.seed)
     os.makedirs(args.work, exist_ok=True)
     tokenizer = models.build_tiny_tokenizer()
-    vae, text_encoder, unet = build_models(tokenizer)
-    swing = swing_poses()
+    vae, text_encoder, unet = build_models(tokenizer, args.size)
+    swing = swing_poses(args.size)
     # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
     train_vae(vae, swing, args)
     noiser = Noiser(vae)
     train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
-    controlnet = train_controlnet(unet, text_encoder, tokenizer, noiser, swing, args)
+    controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args)
     export(StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=DDIMScheduler(**models.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
@@ -262,10 +340,16 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "toy_model"), help="the trained model folder")
     parser.add_argument("--work", default=os.path.join(HERE, "toy_train"), help="checkpoints (resumed from)")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
-    parser.add_argument("--vae-steps", type=int, default=1200, help="VAE training steps")
+    parser.add_argument("--size", type=int, choices=(toyworld.SIZE, toyworld.SIZE2), default=toyworld.SIZE2,
+                        help="picture size: 128, toy world 2 (8x VAE); 64, the first toy world (4x VAE)")
+    parser.add_argument("--disc-weight", type=float, default=DISC_WEIGHT,
+                        help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
+    parser.add_argument("--grid-every", type=int, default=8,
+                        help="every Nth UNet/ControlNet step trains on 2x2 grids (128 px only; 0: never)")
+    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
-    parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size")
+    parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")

@@ -12,6 +12,10 @@ subprocess, so peak memory is its own:
   (d) sdvideo with latent copying from the first frame at half the schedule
   (e) sdvideo in keyframe mode, K = 8, residual strength 0.3
   (f), (g) sdvideo with RAVE's grid, K = 2 and 3 (not in the default --configs)
+  (h), (i) the few-step path, SD-Turbo's setting: Euler with trailing timestep spacing, 4 steps,
+      guidance 0 (one branch), the tiny VAE (AutoencoderTiny, TAESD's layout) for decoding; (h)
+      diffusers' pipeline with all frames in one call, (i) sdvideo (not in the default --configs)
+  (j), (k) the same at 1 step
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
@@ -44,7 +48,13 @@ CONFIGS = {
     "e": "sdvideo + keyframes K=8, s=0.3",
     "f": "sdvideo + RAVE grid K=2",
     "g": "sdvideo + RAVE grid K=3",
+    "h": "diffusers few-step, all frames in one call: 4 steps, guidance 0, tiny VAE",
+    "i": "sdvideo few-step: 4 steps, guidance 0, tiny VAE",
+    "j": "diffusers few-step, all frames in one call: 1 step, guidance 0, tiny VAE",
+    "k": "sdvideo few-step: 1 step, guidance 0, tiny VAE",
 }
+FEW_STEPS = {"h": 4, "i": 4, "j": 1, "k": 1}  # the few-step configurations' steps (guidance 0, tiny VAE)
+DIFFUSERS = "abhj"  # the configurations that call diffusers' pipeline
 # Speed options of sdvideo (models.ModelSpec fields, plus the dtype), measured with --options.
 OPTIONS = {
     "defaults": {},
@@ -99,6 +109,18 @@ def build_pipeline(arch, device, dtype):
     return pipe.to(device=device, dtype=dtype)
 
 
+def few_step(pipe, device, dtype):
+    """SD-Turbo's setting on a pipeline: its Euler scheduler with trailing spacing, and a random-weight
+    AutoencoderTiny of TAESD's layout (diffusers' defaults) as the VAE."""
+    import torch
+    from diffusers import AutoencoderTiny, EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    torch.manual_seed(1)
+    pipe.vae = AutoencoderTiny().to(device=device, dtype=dtype).eval()
+    return pipe
+
+
 def demo_pose_maps(frames, height, width):
     """The demo swing's first frames, rendered at the benchmark size -> (F, H, W, 3) uint8."""
     import numpy as np
@@ -137,6 +159,9 @@ def run_config(name, args):
     option = dict(OPTIONS[args.option]) if args.option else {}
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
     pipe = build_pipeline(args.arch, args.device, dtype)
+    if name in FEW_STEPS:
+        few_step(pipe, args.device, dtype)
+    steps, guidance = (FEW_STEPS[name], 0.0) if name in FEW_STEPS else (args.steps, args.guidance)
     maps = demo_pose_maps(args.frames, args.height, args.width)
     first_controlnet = pipe.controlnet
     if args.canny and name == "c":  # a second ControlNet (the same layout) on the pose maps' Canny edges
@@ -146,7 +171,7 @@ def run_config(name, args):
 
         pipe.controlnet = MultiControlNetModel([pipe.controlnet, copy.deepcopy(pipe.controlnet)])
         maps = controls.stack(maps, [controls.canny_maps(maps, 100, 200)])
-    if name in "cdefg":  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
+    if name not in DIFFUSERS:  # sdvideo: its speed options as the CLI applies them (defaults unless --options)
         speed.apply_speed_options(pipe, models.ModelSpec(**option))
     evals = {"unet": 0, "controlnet": 0, "embedding": 0}
     embedding = first_controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
@@ -162,15 +187,15 @@ def run_config(name, args):
     for model, key in counted:
         model.register_forward_pre_hook(lambda m, a, kw, key=key: count(m, a, kw, key), with_kwargs=True)
     prompt, negative = "a golfer on a sunny course", "blurry"
-    config = pipeline.GenerationConfig(prompt=prompt, negative_prompt=negative, steps=args.steps,
-                                       guidance=args.guidance, seed=0, batch_size=args.batch_size,
+    config = pipeline.GenerationConfig(prompt=prompt, negative_prompt=negative, steps=steps,
+                                       guidance=guidance, seed=0, batch_size=args.batch_size,
                                        controlnet_scale=[1.0, 1.0] if maps.shape[-1] == 6 else 1.0)
 
     def diffusers_call(ids, steps):
         images = [Image.fromarray(maps[i]) for i in ids]
         generators = [torch.Generator("cpu").manual_seed(i) for i in ids]
         out = pipe([prompt] * len(ids), image=images, negative_prompt=[negative] * len(ids), num_inference_steps=steps,
-                   guidance_scale=args.guidance, height=args.height, width=args.width, output_type="np",
+                   guidance_scale=guidance, height=args.height, width=args.width, output_type="np",
                    generator=generators)
         return (out.images * 255).round().astype(np.uint8)
 
@@ -191,22 +216,22 @@ def run_config(name, args):
     def work(ids, steps):
         if name == "a":
             return np.concatenate([diffusers_call([i], steps) for i in ids])
-        if name == "b":
+        if name in DIFFUSERS:
             return diffusers_call(ids, steps)
         return sdvideo_call(ids, steps)
 
     start = time.perf_counter()
     # warm-up: kernels, allocator, lazy initialisation, compilation, at the timed run's batch shape
     # (torch.compile recompiles for a new one)
-    warm_frames = {"a": 2, "b": args.frames}.get(name, max(2, args.batch_size))
-    work(range(min(warm_frames, args.frames)), 2)
+    warm_frames = 2 if name == "a" else args.frames if name in DIFFUSERS else max(2, args.batch_size)
+    work(range(min(warm_frames, args.frames)), min(2, steps))
     warm_up = time.perf_counter() - start
     evals.update(unet=0, controlnet=0, embedding=0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     synchronize(args.device)
     start = time.perf_counter()
-    frames = work(range(args.frames), args.steps)
+    frames = work(range(args.frames), steps)
     synchronize(args.device)
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
@@ -228,6 +253,7 @@ def unit_flops(args):
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     pipe = build_pipeline(args.arch, args.device, dtype)
+    tiny_vae = few_step(build_pipeline(args.arch, args.device, dtype), args.device, dtype).vae
     h, w = args.height // 8, args.width // 8
     sample = torch.randn(1, 4, h, w, device=args.device, dtype=dtype)
     context = torch.randn(1, 77, ARCHS[args.arch]["context"], device=args.device, dtype=dtype)
@@ -240,6 +266,7 @@ def unit_flops(args):
                                                                controlnet_cond=hint)),
                         ("control_embedding", lambda: pipe.controlnet.controlnet_cond_embedding(hint)),
                         ("vae_decode", lambda: pipe.vae.decode(sample)),
+                        ("tiny_vae_decode", lambda: tiny_vae.decode(sample)),
                         ("vae_encode", lambda: pipe.vae.encode(image))):
             with FlopCounterMode(display=False) as counter:
                 fn()
@@ -283,9 +310,11 @@ def bounds(args):
     n, f = args.steps, args.frames
     keys = len(set(range(0, f, 8)) | {f - 1})
     s_steps = n - (n - min(int(round(n * 0.3)), n))
+    branches = 2 if args.guidance > 1 else 1  # (a)'s; the few-step configurations compute one
     return {"a": 1.0, "b": 1.0, "c": 1.0, "d": f * n / (n // 2 + f * (n - n // 2)),
             "e": f * n / (keys * n + (f - keys) * s_steps),
-            "f": f / (-(-f // 4) * 4), "g": f / (-(-f // 9) * 9)}  # a grid's fill is computed too
+            "f": f / (-(-f // 4) * 4), "g": f / (-(-f // 9) * 9),  # a grid's fill is computed too
+            **{k: n * branches / steps for k, steps in FEW_STEPS.items()}}
 
 
 def memory_scaling(args):
@@ -420,7 +449,8 @@ def main():
         # a ControlNet evaluation includes its pose-map embedding, which sdvideo computes once per frame
         total = (r["unet_evals"] * flops["unet"] + r["controlnet_evals"] * (flops["controlnet"] - flops["control_embedding"])
                  + r["control_embeddings"] * flops["control_embedding"]
-                 + args.frames * flops["vae_decode"] + (args.frames * flops["vae_encode"] if name == "e" else 0))
+                 + args.frames * flops["tiny_vae_decode" if name in FEW_STEPS else "vae_decode"]
+                 + (args.frames * flops["vae_encode"] if name == "e" else 0))
         r["tflop_per_frame"] = total / args.frames / 1e12
         r["fraction_of_peak"] = total / r["seconds"] / peak
         r["speedup_vs_a"] = base / r["seconds_per_frame"] if base else None
@@ -447,6 +477,14 @@ def main():
         footer += f"\n(c) / (b) time ratio: {ratio_cb:.3f}. "
     footer += "".join(f"Pixel difference between ({k}) and (a): largest {d.max()}/255, mean {d.mean():.2f}/255, "
                       f"{100 * (d > 8).mean():.3f} % of values over 8/255. " for k, d in differences.items())
+    for ours, theirs in (("i", "h"), ("k", "j")):  # the few-step path: sdvideo against diffusers, and the plain run
+        if {ours, theirs} <= results.keys():
+            footer += (f"Few-step ({ours}): {results[theirs]['seconds_per_frame'] / results[ours]['seconds_per_frame']:.2f}x "
+                       f"diffusers' few-step pipeline ({theirs})")
+            if "c" in results:
+                footer += (f", {results['c']['seconds_per_frame'] / results[ours]['seconds_per_frame']:.2f}x the "
+                           f"{args.steps}-step plain run (c)")
+            footer += f", {1 / results[ours]['seconds_per_frame']:.1f} frames/s. "
     footer += "\n"
     table = header + "\n".join(rows) + "\n" + footer
     print("\n" + table)

@@ -43,6 +43,7 @@ import toyworld as tw  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
+FLOW_SWEEP = os.path.join(ROOT, "demo", "toy_flow_sweep.yaml")  # flow fusion on the swing and jumping jacks
 MARKERS = ("<!-- toy-world:start -->", "<!-- toy-world:end -->")
 STRIP_FRAMES = (0, 18, 28, 36, 41, 44, 50, 60)  # address, takeaway, backswing, top, downswing, impact, follow, finish
 
@@ -88,12 +89,35 @@ def nuisance_flicker(pipe, steps, guidance, copies=8):
     return result
 
 
-def run_techniques():
-    """sdvideo.py sweep demo/toy_sweep.yaml (a fresh run of every setting) -> rows and the sweep folder."""
-    config = sweep.load_config(SWEEP)
+def run_techniques(path=SWEEP):
+    """sdvideo.py sweep FILE (a fresh run of every setting) -> rows and the sweep folder."""
+    config = sweep.load_config(path)
     shutil.rmtree(config["out"], ignore_errors=True)
-    rows = sweep.run_sweep(SWEEP, sdvideo.main, {"clip": None, "detector": None})
+    rows = sweep.run_sweep(path, sdvideo.main, {"clip": None, "detector": None})
     return rows, config["out"]
+
+
+def flow_targets(rows):
+    """Flow fusion against the same noise without it, per motion of demo/toy_flow_sweep.yaml."""
+    by_name = {r["run"]: r for r in rows}
+    lines = ["| motion | setting | warping error | pose IoU | target | |", "|---|---|---|---|---|---|"]
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    for motion in sorted({r["run"].split("-", 1)[0] for r in rows}):
+        for noise, target, holds in (
+                ("fixed", "warping error <= fixed noise's, IoU within 0.02",
+                 lambda a, b: b["warping_error"] <= a["warping_error"] and abs(b["pose_iou"] - a["pose_iou"]) <= 0.02),
+                ("independent", "warping error at most half, IoU not 0.02 below",
+                 lambda a, b: b["warping_error"] <= 0.5 * a["warping_error"] and b["pose_iou"] >= a["pose_iou"] - 0.02)):
+            plain, fused = by_name[f"{motion}-{noise}-noise"], by_name[f"{motion}-{noise}-flow-fusion"]
+            lines.append(f"| {motion} | {noise} noise | {plain['warping_error']:.5f} | {plain['pose_iou']:.3f} | | |")
+            lines.append(f"| {motion} | + flow fusion | {fused['warping_error']:.5f} "
+                         f"({fused['warping_error'] / plain['warping_error'] - 1:+.0%}) | {fused['pose_iou']:.3f} | "
+                         f"{target} | {verdict(holds(plain, fused))} |")
+        first = by_name.get(f"{motion}-fixed-flow-fusion-first")
+        if first:
+            lines.append(f"| {motion} | + flow fusion toward the first frame | {first['warping_error']:.5f} | "
+                         f"{first['pose_iou']:.3f} | (the reference flag) | |")
+    return "\n".join(lines)
 
 
 def strip(run_folder, path):
@@ -192,6 +216,11 @@ machine, whole run incl. loading):
 
 {table(rows, baseline['warping_error'])}
 
+Flow fusion (Rerender's two phases, `demo/toy_flow_sweep.yaml`) against the same noise without
+it, on the swing and on a second motion, jumping jacks (`demo/jumping_jacks.json`):
+
+{flow_targets(measured['flow_fusion'])}
+
 The newer training-free techniques' claims, tested in this table's runs (s / frame and peak memory
 of the two settings compared, on this machine; the papers measure other models and data, so only
 the direction is compared):
@@ -228,6 +257,7 @@ def main(argv=None):
     measured = {"pose_iou": ious, "shirt_color_accuracy": colors,
                 "nuisance_flicker": nuisance_flicker(pipe, args.steps, args.guidance)}
     rows, sweep_out = run_techniques()
+    measured["flow_fusion"], _ = run_techniques(FLOW_SWEEP)
     os.makedirs(os.path.join(RESULTS, "toy_strips"), exist_ok=True)
     for row in rows:
         strip(os.path.join(sweep_out, "runs", row["run"]),

@@ -1,6 +1,10 @@
 """Render a pose file as a toy-world source video: the "real footage" of the toy world.
 
     python demo/make_toy_source.py            # writes demo/golf_swing_toy.mp4 from demo/golf_swing.json
+    python demo/make_toy_source.py --jacks    # writes demo/jumping_jacks.json and demo/jumping_jacks_toy.mp4
+
+--jacks first writes the second motion of the benchmarks, toyworld.jumping_jacks on a 512 px
+canvas at 24 fps, as a pose file, then renders it in its own look.
 
 One look (from --prompt) and one draw of the nuisances (from --seed) for every frame, as a real
 video has: the techniques that take motion or style from a source clip (--init-from-source,
@@ -18,6 +22,8 @@ import toyworld  # noqa: E402
 import video_io  # noqa: E402
 
 TOY_SOURCE_PROMPT = "a golfer in a blue shirt and white trousers, on a golf course"
+JACKS_PROMPT = "a person in a green shirt and black trousers, in a studio"
+JACKS_CANVAS, JACKS_FPS = 512, 24.0
 
 
 def main(argv=None):
@@ -28,7 +34,14 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="the nuisances' draw (texture, light, cap, ...)")
     parser.add_argument("--size", type=int, default=toyworld.SIZE, help="picture size in pixels")
     parser.add_argument("--out", default=os.path.join(HERE, "golf_swing_toy.mp4"), help="the video to write")
+    parser.add_argument("--jacks", action="store_true",
+                        help="write and render the jumping-jacks motion instead (demo/jumping_jacks*.*)")
     args = parser.parse_args(argv)
+    if args.jacks:
+        args.poses, args.out = os.path.join(HERE, "jumping_jacks.json"), os.path.join(HERE, "jumping_jacks_toy.mp4")
+        args.prompt = JACKS_PROMPT if args.prompt == TOY_SOURCE_PROMPT else args.prompt
+        pose_extract.write_poses(args.poses, pose_extract.PoseSequence(
+            toyworld.jumping_jacks(48, JACKS_CANVAS), (JACKS_CANVAS, JACKS_CANVAS), JACKS_FPS))
     sequence = pose_extract.read_poses(args.poses)
     width, height = sequence.canvas_size
     fit = video_io.fit_params(width, height, args.size, args.size, "crop")

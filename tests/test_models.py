@@ -45,12 +45,15 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
 @pytest.mark.parametrize("name, cls", [("ddim", "DDIMScheduler"), ("dpm++", "DPMSolverMultistepScheduler"),
                                        ("euler", "EulerDiscreteScheduler"),
                                        ("euler-a", "EulerAncestralDiscreteScheduler"),
-                                       ("unipc", "UniPCMultistepScheduler")])
+                                       ("unipc", "UniPCMultistepScheduler"), ("lcm", "LCMScheduler"),
+                                       ("tcd", "TCDScheduler"), ("model", "DDIMScheduler")])
 def test_schedulers_keep_the_base_config(name, cls):
-    config = models.build_tiny_pipeline("v_prediction").scheduler.config
-    scheduler = models.make_scheduler(name, config)
+    loaded = models.build_tiny_pipeline("v_prediction").scheduler
+    loaded.register_to_config(timestep_spacing="trailing")
+    scheduler = models.make_scheduler(name, loaded)
     assert type(scheduler).__name__ == cls
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.timestep_spacing == "trailing"  # SD-Turbo's spacing survives --scheduler
 
 
 def test_missing_accelerators_are_user_errors():

@@ -73,9 +73,9 @@ def test_flow_gated_noise_keeps_the_previous_noise_where_the_source_is_still():
     assert torch.equal(NOISE["flow-gated"](generators, shape, moving=still),
                        NOISE["fixed"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape))
     moving = torch.ones(3, 8, 8)
-    assert torch.equal(NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, moving),
+    assert torch.equal(NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, moving=moving),
                        NOISE["independent"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape))
     half = torch.zeros(3, 8, 8)
     half[:, :, 4:] = 1  # the right half moves
-    gated = NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, half)
+    gated = NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, moving=half)
     assert torch.equal(gated[3, :, :, :4], gated[0, :, :, :4]) and not torch.equal(gated[3, :, :, 4:], gated[0, :, :, 4:])

@@ -215,7 +215,7 @@ def test_all_techniques_together_from_the_command_line(tmp_path):
     assert run_cli(*flags) == 0
     record = json.loads((out / "run.json").read_text())
     names = [h["technique"] for h in record["techniques"]["hooks"]]
-    assert names == ["StartFromLatents", "Copy", "LatentDifferences", "Blend", "CrossFrameAttention", "FlowWarp",
+    assert names == ["StartFromLatents", "Copy", "LatentDifferences", "Blend", "CrossFrameAttention", "FlowFusion",
                      "KeyframePlan"]
     assert frame_count(out / "video.mp4") == 6 and bank.exists()
     # the saved bank drives a run with no source video

@@ -1,5 +1,6 @@
 """Each technique's invariants on the tiny model, and all of them together."""
 import argparse
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import indices
+import latent_ops
 import models
 import pipeline
 import planners
@@ -145,25 +147,69 @@ def test_start_from_latents_noises_to_the_start_step(tiny_pipe, clip):
     assert stats.unet_evals == 2 * 2 * 5
 
 
-def test_flow_warp_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_pipe, clip):
+def test_flow_fusion_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_pipe, clip):
     maps, _ = clip
     flows, masks = torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8)
     plain, _ = generate(tiny_pipe, maps)
-    nothing, _ = generate(tiny_pipe, maps, [tq.FlowWarp(0.8, range(STEPS), flows, torch.zeros(4, 1, 8, 8))])
+    nothing, _ = generate(tiny_pipe, maps, [tq.FlowFusion(0.8, range(1), range(1, STEPS), flows, torch.zeros(4, 1, 8, 8))])
     assert_tensors_close(nothing, plain)  # no reliable pixel: no change
-    warped, _ = generate(tiny_pipe, maps, [tq.FlowWarp(1.0, range(STEPS), flows, masks)])
 
     def neighbour_gap(latents):
         return float((latents[1:] - latents[:-1]).abs().mean())
 
-    assert neighbour_gap(warped) < 0.5 * neighbour_gap(plain)
+    for x0_steps, latent_steps in ((range(1), range(1, STEPS)), (range(0), range(STEPS)), (range(2), range(0))):
+        for reference in ("previous", "first"):
+            fused, _ = generate(tiny_pipe, maps, [tq.FlowFusion(1.0, x0_steps, latent_steps, flows, masks, reference)])
+            assert neighbour_gap(fused) < 0.5 * neighbour_gap(plain), (x0_steps, latent_steps, reference)
+
+
+def _shift(count, height, width, dx, dy):
+    flows = torch.zeros(count, height, width, 2)
+    flows[..., 0], flows[..., 1] = dx, dy
+    return flows
+
+
+def test_one_latent_fusion_step_never_moves_a_frame_away_from_its_warped_reference():
+    """|z_i - warp(z_ref)| on the fused pixels, after one step of the chain, is at most what it was
+    (it shrinks by 1 - w m), for random latents, flows and masks; untouched pixels stay."""
+    generator = torch.Generator().manual_seed(0)
+    count = 5
+    flows = torch.randn(count - 1, 8, 8, 2, generator=generator) * 2
+    masks = (torch.rand(count - 1, 1, 8, 8, generator=generator) > 0.3).float()
+    latents = torch.randn(count, 4, 8, 8, generator=generator)
+    for reference in ("previous", "first"):
+        fusion = tq.FlowFusion(0.6, range(0), range(1), flows, masks, reference)
+        fusion.setup(SimpleNamespace(frame_ids=list(range(count))))
+        fused = fusion.after_step(0, None, latents, torch.zeros_like(latents), torch.ones(count, dtype=torch.bool))
+        for j in range(1, count):
+            ref = 0 if reference == "first" else j - 1
+            flow, mask = fusion.ref_flows[j]
+            warped_ref = latent_ops.warp(fused[ref:ref + 1], flow, "nearest")
+            before, after = (latents[j:j + 1] - warped_ref).abs(), (fused[j:j + 1] - warped_ref).abs()
+            assert (after <= before + 1e-6).all()
+            assert_tensors_close(after, (1 - 0.6 * mask) * before)
+            assert torch.equal(fused[j:j + 1][mask.expand_as(after) == 0], latents[j:j + 1][mask.expand_as(after) == 0])
+
+
+def test_flow_fusion_chains_the_flow_to_a_reference_not_in_the_pass():
+    """A keyframe pass over clip frames 0, 2, 4: frame 2's reference is frame 0 through two flows."""
+    flows, masks = _shift(4, 6, 6, 1.0, 0.0), torch.ones(4, 1, 6, 6)
+    fusion = tq.FlowFusion(1.0, range(0), range(1), flows, masks, "previous")
+    fusion.setup(SimpleNamespace(frame_ids=[0, 2, 4]))
+    flow, mask = fusion.ref_flows[1]
+    assert fusion.references == {1: 0, 2: 1}
+    assert_tensors_close(flow[..., :4, 0], torch.full((1, 6, 4), 2.0))  # two 1-px shifts (the border clamps)
+    first = tq.FlowFusion(1.0, range(0), range(1), flows, masks, "first")
+    first.setup(SimpleNamespace(frame_ids=[0, 2, 4]))
+    assert first.references == {1: 0, 2: 0}
+    assert_tensors_close(first.ref_flows[2][0][..., :2, 0], torch.full((1, 6, 2), 4.0))
 
 
 def test_every_technique_together(tiny_pipe, clip):
     maps, source = clip
     found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
              tq.Blend(range(2, 3), 0.2, "previous"), planners.CrossFrameAttention("anchor+previous"),
-             tq.FlowWarp(0.5, range(0, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
+             tq.FlowFusion(0.5, range(0, 1), range(1, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
     latents, stats = generate(tiny_pipe, maps, found, keyframes=KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
     plain, plain_stats = generate(tiny_pipe, maps, noise="fixed")
     assert torch.isfinite(latents).all()

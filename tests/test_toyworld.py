@@ -1,4 +1,5 @@
 """The toy world's renderer and its measurements, against cases with known answers."""
+import cv2
 import numpy as np
 import pytest
 
@@ -16,9 +17,11 @@ def swing():
 def test_prompt_words_set_shirt_trousers_and_background():
     look = tw.parse_prompt("A woman in a Yellow shirt and white pants, on a beach at noon")
     assert look == tw.Look("yellow", "white", "beach")
-    assert tw.parse_prompt("a golfer at night", tw.Look("red", "blue", "studio")) == tw.Look("red", "blue", "night")
-    for look in (tw.Look(s, t, b) for s in tw.COLORS for t in ("black", "green") for b in tw.BACKGROUNDS):
-        assert tw.parse_prompt(look.prompt("a man")) == look  # the training prompts read back
+    assert tw.parse_prompt("a golfer at night", tw.Look("red", "blue", "studio")) == tw.Look("red", "blue", "night",
+                                                                                             golfer=True)
+    for look in (tw.Look(s, t, b, g) for s in tw.COLORS for t in ("black", "green") for b in tw.BACKGROUNDS
+                 for g in (False, True)):
+        assert tw.parse_prompt(look.prompt("a golfer" if look.golfer else "a man")) == look  # training prompts read back
 
 
 def test_the_mask_follows_the_pose_and_ignores_the_nuisances(swing):
@@ -50,3 +53,60 @@ def test_random_poses_are_plausible_and_the_held_out_set_is_fixed():
     held = tw.heldout_poses(4)
     assert np.array_equal(held, tw.heldout_poses(4))
     assert min(np.abs(held[i] - p).max() for i in range(4) for p in poses) > 1.0
+
+
+@pytest.fixture(scope="module")
+def swing2():
+    sequence = pose_extract.read_poses("demo/golf_swing.json")
+    return pose_extract.fit_keypoints(sequence.keypoints, tw.SIZE2 / 512, (0.0, 0.0))
+
+
+def test_toy_world_2_draws_a_club_for_a_golfer_only(swing2):
+    golfer, person = tw.Look("red", "black", "golf course", golfer=True), tw.Look("red", "black", "golf course")
+    for frame in (0, 28, 44):
+        with_club, club_mask = tw.render(swing2[frame], golfer, tw.Nuisance(), tw.SIZE2)
+        without, mask = tw.render(swing2[frame], person, tw.Nuisance(), tw.SIZE2)
+        extra = club_mask & ~mask
+        assert 15 < extra.sum() < 0.1 * mask.sum()  # a thin shaft and a head, nothing else changes
+        near_club = cv2.dilate(club_mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert np.abs(with_club.astype(int) - without.astype(int))[~near_club].max() == 0  # edges anti-aliased
+        grip, end = tw.club_line(swing2[frame], tw.SLIM)
+        assert np.linalg.norm(end - grip) == pytest.approx(tw.SLIM.club * tw.torso_length(swing2[frame]), rel=1e-6)
+    half = swing2[28].copy()
+    half[:, :2] *= tw.SIZE / tw.SIZE2
+    first_world, _ = tw.render(half, golfer, tw.Nuisance(), tw.SIZE)
+    plain, _ = tw.render(half, person, tw.Nuisance(), tw.SIZE)
+    assert np.array_equal(first_world, plain)  # the 64 px world draws no club (its model never saw one)
+
+
+def test_the_club_continues_the_forearms_from_the_hands():
+    pose = tw.heldout_poses(1, tw.SIZE2)[0].copy()
+    pose[tw.L_ELB, :2], pose[tw.L_WRI, :2] = (60, 60), (70, 70)  # the left forearm points down-right
+    pose[tw.R_WRI, :2] = (20, 20)  # the right hand far away: the left (lead) hand holds the club
+    grip, end = tw.club_line(pose, tw.SLIM)
+    direction = (end - grip) / np.linalg.norm(end - grip)
+    assert direction == pytest.approx(np.array([1, 1]) / np.sqrt(2), abs=1e-6)
+    assert np.linalg.norm(grip - pose[tw.L_WRI, :2]) < 0.2 * tw.torso_length(pose)
+    pose[tw.R_ELB, :2], pose[tw.R_WRI, :2] = (80, 60), (72, 70)  # both hands together: a two-handed grip
+    grip, end = tw.club_line(pose, tw.SLIM)
+    assert np.linalg.norm(grip - (71, 70)) < 0.2 * tw.torso_length(pose)  # between the hands
+    mean_forearm = (np.array([10, 10]) / np.hypot(10, 10) + np.array([-8, 10]) / np.hypot(8, 10))
+    expected = mean_forearm / np.linalg.norm(mean_forearm)
+    assert (end - grip) / np.linalg.norm(end - grip) == pytest.approx(expected, abs=1e-6)
+    assert tw.club_line(pose, tw.CHUNKY) is None
+
+
+def test_toy_world_2_limbs_are_thin_and_the_arm_mask_is_the_arms_alone(swing2):
+    pose = swing2[18]
+    _, figure = tw.render(pose, tw.Look(background="studio"), tw.Nuisance(), tw.SIZE2)
+    arms = tw.limb_mask(pose, tw.ARMS, tw.SIZE2)
+    assert arms.sum() > 0 and (arms & ~figure).sum() == 0  # inside the figure
+    forearm = tw.limb_mask(pose, ((tw.L_ELB, tw.L_WRI),), tw.SIZE2)
+    length = np.linalg.norm(pose[tw.L_WRI, :2] - pose[tw.L_ELB, :2])
+    width = forearm.sum() / length  # area / length of a capsule ~ its width (plus the round ends)
+    assert 0.6 * tw.SLIM.forearm * tw.torso_length(pose) < width < 1.8 * tw.SLIM.forearm * tw.torso_length(pose)
+    assert tw.SLIM.arm < 0.7 * tw.CHUNKY.arm
+
+
+def test_toy_world_2_held_out_poses_scale_with_the_picture():
+    assert np.allclose(tw.heldout_poses(3, tw.SIZE2)[..., :2], 2 * tw.heldout_poses(3, tw.SIZE)[..., :2], atol=1e-4)

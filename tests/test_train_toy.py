@@ -10,8 +10,10 @@ import models
 import pipeline
 import train_toy
 
-FEW = ["--vae-steps", "2", "--unet-steps", "2", "--controlnet-steps", "2", "--batch", "2", "--vae-batch", "2",
-       "--save-every", "1", "--quiet"]
+# toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
+# steps train on a 2x2 grid (256 px)
+FEW = ["--vae-steps", "2", "--unet-steps", "2", "--controlnet-steps", "2", "--batch", "4", "--vae-batch", "2",
+       "--save-every", "1", "--grid-every", "2", "--quiet"]
 
 
 def weights(folder):
@@ -40,8 +42,9 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pipe = models.load_toy_pipeline(str(resumed))
-    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
-    maps = np.zeros((2, 64, 64, 3), np.uint8)
+    assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 16  # SD's ratio
+    assert pipe.unet.config.down_block_types[0] == "CrossAttnDownBlock2D"  # attention at the latent resolution
+    maps = np.zeros((2, 128, 128, 3), np.uint8)
     latents, _ = pipeline.generate(pipe, maps, pipeline.GenerationConfig(prompt="a golfer", steps=2), progress=False)
     assert latents.shape == (2, 4, 16, 16) and torch.isfinite(latents).all()
 
@@ -49,3 +52,19 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
 def test_a_missing_toy_model_is_a_user_error(tmp_path):
     with pytest.raises(models.UserError, match="make toy-model"):
         models.load_toy_pipeline(str(tmp_path / "nothing"))
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    work = str(tmp_path / "work")
+    train_toy.main([*FEW, "--work", work, "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="checkpoint of another model"):
+        train_toy.main([*FEW, "--size", "64", "--work", work, "--out", str(tmp_path / "b")])
+
+
+def test_grid_batches_tile_one_look_in_four_poses():
+    swing = train_toy.swing_poses(128)
+    images, masks, maps, prompts = train_toy.batch(np.random.default_rng(0), 2, swing, 128, grid=2)
+    assert images.shape == (2, 3, 256, 256) and maps.shape == (2, 3, 256, 256) and masks.shape == (2, 256, 256)
+    quarters = [maps[0, :, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128)]
+    assert all(q.sum() > 0 for q in quarters)  # a pose in every cell
+    assert not torch.equal(quarters[0], quarters[1])  # ... each its own
