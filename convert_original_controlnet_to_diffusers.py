@@ -142,7 +142,7 @@ def convert_to_folder(checkpoint_path, config_path, dump_path, image_size=512, e
     tmp = tempfile.mkdtemp(prefix=".converting-", dir=parent)
     try:
         controlnet.save_pretrained(tmp, safe_serialization=to_safetensors)
-        reloaded = ControlNetModel.from_pretrained(tmp, torch_dtype=torch.float16 if half else torch.float32)
+        reloaded = ControlNetModel.from_pretrained(tmp, dtype=torch.float16 if half else torch.float32)
         if os.path.exists(dump_path):
             shutil.rmtree(dump_path)
         os.rename(tmp, dump_path)

@@ -6,6 +6,7 @@ object is a container here: sdvideo's own loop (pipeline.py) uses its parts and 
 """
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, replace
 
+import huggingface_hub
 import numpy as np
 import torch
 import yaml
@@ -142,7 +144,7 @@ def load_pipeline(spec):
         check_compatible(spec)
         controlnet = _load_controlnet(spec, dtype)
         pipe = _from_pretrained(StableDiffusionControlNetPipeline, spec.base, "base model",
-                                spec.local_files_only, controlnet=controlnet, torch_dtype=dtype,
+                                spec.local_files_only, controlnet=controlnet, dtype=dtype,
                                 safety_checker=None, feature_extractor=None,
                                 requires_safety_checker=False)
     if spec.extra_controlnets:  # diffusers' own container: residuals summed, each at its own scale
@@ -178,7 +180,7 @@ def load_tiny_vae(source, pipe, dtype, local_files_only):
     before its weights load: latent channels and downsampling factor."""
     if files.looks_like_path(source) and not os.path.exists(source):
         raise UserError(f"--vae tiny={source}: path not found; pass an AutoencoderTiny folder or hub id")
-    config = _read_config(AutoencoderTiny, source, local_files_only)
+    config = _read_config(AutoencoderTiny, source, local_files_only, "tiny VAE")
     if config is not None:
         factor = 2 ** (len(config["encoder_block_out_channels"]) - 1)
         channels = config.get("latent_channels", 4)
@@ -186,7 +188,7 @@ def load_tiny_vae(source, pipe, dtype, local_files_only):
             raise UserError(f"--vae tiny={source} does not fit the base: it downsamples by {factor} to {channels} "
                             f"channels, the base's latents are {pipe.vae_scale_factor}x, "
                             f"{pipe.unet.config.in_channels} channels (TAESD {TINY_VAE} fits SD 1.x/2.x)")
-    return _from_pretrained(AutoencoderTiny, source, "tiny VAE", local_files_only, torch_dtype=dtype).eval()
+    return _from_pretrained(AutoencoderTiny, source, "tiny VAE", local_files_only, dtype=dtype).eval()
 
 
 @contextlib.contextmanager
@@ -197,10 +199,43 @@ def _hub_notes_hidden():
         yield
 
 
+HUB_PROBE_TIMEOUT = 5.0  # seconds: how long an uncached hub id waits for the hub before the one-line error
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(name, what):
+    """Whether a hub id that is not in the cache can be downloaded: one metadata request, no retries
+    (huggingface_hub's downloads retry for over a minute, warning each time). An unreachable hub
+    is one line naming the command that fetches it; a missing repository is left to the load."""
+    try:
+        huggingface_hub.HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT)
+    except (huggingface_hub.errors.RepositoryNotFoundError, huggingface_hub.errors.RevisionNotFoundError):
+        return True
+    except Exception as error:  # connection refused, DNS, proxy, timeout, offline mode: no hub from here
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise UserError(f"{what} '{name}' is not in the Hugging Face cache and the hub cannot be reached ({reason}); "
+                        f"fetch it where the hub is reachable with `hf download {name}`, then run with "
+                        "--local-files-only (or pass a local diffusers folder)") from None
+    return True
+
+
+def hub_local_only(name, what, local_files_only):
+    """local_files_only for one load: as asked; True for a hub id found in the cache (no network
+    needed); else after checking that the hub answers (``_hub_reachable``)."""
+    if local_files_only or files.looks_like_path(name):
+        return local_files_only
+    for filename in ("model_index.json", "config.json", "unet/config.json"):
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, filename), str):
+            return True
+    _hub_reachable(name, what)
+    return False
+
+
 def _from_pretrained(cls, name, what, local_files_only, **kwargs):
     """cls.from_pretrained with missing weights turned into one actionable line."""
     if files.looks_like_path(name) and not os.path.isdir(name):
         raise UserError(f"{what} {name} is not a folder; pass a diffusers folder or a hub id")
+    local_files_only = hub_local_only(name, what, local_files_only)
     try:
         with _hub_notes_hidden():
             return cls.from_pretrained(name, local_files_only=local_files_only, **kwargs)
@@ -212,8 +247,9 @@ def _from_pretrained(cls, name, what, local_files_only, **kwargs):
         ) from None
 
 
-def _read_config(cls, name, local_files_only, **kwargs):
+def _read_config(cls, name, local_files_only, what="model", **kwargs):
     """A model's config.json (no weights), or None where it cannot be read (the load says why later)."""
+    local_files_only = hub_local_only(name, what, local_files_only)
     try:
         with _hub_notes_hidden():
             return dict(cls.load_config(name, local_files_only=local_files_only, **kwargs))
@@ -225,7 +261,7 @@ def _controlnet_layout(spec):
     """The ControlNet's config fields the base must match: from its config.json, or for an original
     checkpoint from --controlnet-config (ControlLDM's control_stage_config)."""
     if not spec.controlnet.lower().endswith(CHECKPOINT_EXTENSIONS):
-        return _read_config(ControlNetModel, spec.controlnet, spec.local_files_only)
+        return _read_config(ControlNetModel, spec.controlnet, spec.local_files_only, "ControlNet")
     if not os.path.isfile(spec.controlnet_config):
         return None
     with open(spec.controlnet_config, encoding="utf-8") as f:
@@ -240,11 +276,11 @@ def check_compatible(spec):
     """Refuse a ControlNet made for another base from the two configs alone, before any weights
     load: cross-attention width (the text encoder's), block widths, input channels, and for an
     original checkpoint its prediction type."""
-    unet = _read_config(UNet2DConditionModel, spec.base, spec.local_files_only, subfolder="unet")
+    unet = _read_config(UNet2DConditionModel, spec.base, spec.local_files_only, "base model", subfolder="unet")
     control = _controlnet_layout(spec)
     if unet is None or control is None:
         return
-    scheduler = _read_config(DDIMScheduler, spec.base, spec.local_files_only, subfolder="scheduler") or {}
+    scheduler = _read_config(DDIMScheduler, spec.base, spec.local_files_only, "base model", subfolder="scheduler") or {}
     base = {**unet, "prediction_type": scheduler.get("prediction_type", "epsilon")}
     labels = {"cross_attention_dim": "cross-attention width", "block_out_channels": "block widths",
               "in_channels": "input channels", "prediction_type": "prediction type"}
@@ -266,16 +302,16 @@ def _extra_controlnets(spec, dtype):
     nets = []
     for source in spec.extra_controlnets:
         check_compatible(replace(spec, controlnet=source))
-        nets.append(_from_pretrained(ControlNetModel, source, "ControlNet", spec.local_files_only, torch_dtype=dtype))
+        nets.append(_from_pretrained(ControlNetModel, source, "ControlNet", spec.local_files_only, dtype=dtype))
     return nets
 
 
 def _load_controlnet(spec, dtype):
     """A diffusers ControlNet from a folder/hub id, or an original checkpoint converted and cached."""
     if spec.controlnet.lower().endswith(CHECKPOINT_EXTENSIONS):
-        return ControlNetModel.from_pretrained(converted_controlnet_dir(spec), torch_dtype=dtype)
+        return ControlNetModel.from_pretrained(converted_controlnet_dir(spec), dtype=dtype)
     return _from_pretrained(ControlNetModel, spec.controlnet, "ControlNet", spec.local_files_only,
-                            torch_dtype=dtype)
+                            dtype=dtype)
 
 
 def cache_dir():

@@ -78,9 +78,19 @@ class RunFolder:
                     shutil.rmtree(path)
                 else:
                     os.remove(path)
+        else:
+            self.clear_temporaries()
         for sub in subfolders:
             os.makedirs(os.path.join(self.partial, sub), exist_ok=True)
         self.write_json(RESUME_FILE, self.settings)
+
+    def clear_temporaries(self):
+        """Remove what a killed run was writing (files.atomic_path's ``.NAME.PID.tmp*``): we hold the
+        lock, so no live run owns any of them."""
+        for directory, _, names in os.walk(self.partial):
+            for name in names:
+                if ".tmp" in name and (name.startswith(".") or name.endswith(".tmp.mp4")):
+                    os.remove(os.path.join(directory, name))
 
     def path(self, *parts):
         return os.path.join(self.partial, *parts)

@@ -1,8 +1,9 @@
 """The techniques that plan the model's calls: which frames go into one ControlNet + UNet call and
 how they see each other. Text2Video-Zero's cross-frame attention and FLATTEN's trajectory
-attention bring frames into the batch and change what self-attention reads (attention.py); RAVE's
-grid tiles the frames into grid pictures. A run has at most one of them (their plans would not
-compose); the registry interface is techniques.py's.
+attention bring frames into the batch and change what self-attention reads (attention.py);
+StreamV2V's feature bank and VidToMe's token merging tell self-attention which frames a call
+holds; RAVE's grid tiles the frames into grid pictures. A run has at most one of them (their plans
+would not compose); the registry interface is techniques.py's.
 """
 import argparse
 from dataclasses import dataclass
@@ -11,25 +12,31 @@ import torch
 
 import latent_ops
 import predict
-from attention import CrossFrameAttnProcessor, TrajectoryAttnProcessor
+from attention import (BankState, CrossFrameAttnProcessor, FeatureBankProcessor, MergeState, TokenMergeProcessor,
+                       TrajectoryAttnProcessor)
 from indices import previous_index, resolve_anchor
 from pipeline import Technique
+from errors import UserError
 from techniques import Registered, needs_source
 
 
 def requested(args):
     """The flags of the planning techniques a command line asks for (a run may have one)."""
     asked = {"--cross-frame-attn": args.cross_frame_attn != "off", "--trajectory-attn": args.trajectory_attn,
-             "--grid": args.grid is not None}
+             "--grid": args.grid is not None, "--feature-bank": args.feature_bank > 0,
+             "--token-merge": args.token_merge > 0}
     return [flag for flag, on in asked.items() if on]
 
 
-def wrap_attention(pipe, processor):
-    """Wrap every attention processor of the UNet and ControlNet in ``processor(inner)``; returns
-    what ``unwrap_attention`` needs to put them back."""
+def wrap_attention(pipe, processor, named=False):
+    """Wrap every attention processor of the UNet and ControlNet in ``processor(inner)`` (with
+    ``named``, ``processor(inner, name)``, the name prefixed by the model: "unet." or "controlnet0."
+    ...); returns what ``unwrap_attention`` needs to put them back."""
     saved = [(model, model.attn_processors) for model in (pipe.unet, *predict.controlnets(pipe))]
-    for model, processors in saved:
-        model.set_attn_processor({name: processor(inner) for name, inner in processors.items()})
+    for index, (model, processors) in enumerate(saved):
+        prefix = "unet." if index == 0 else f"controlnet{index - 1}."
+        model.set_attn_processor({name: processor(inner, prefix + name) if named else processor(inner)
+                                  for name, inner in processors.items()})
     return saved
 
 
@@ -178,3 +185,129 @@ class Grid(Technique, Registered):
         order += (order * size)[:missing]  # fill the last grid from the start of the order
         return [order[i:i + size] for i in range(0, len(order), size)], self.k
 
+
+
+@dataclass
+class FeatureBank(Technique, Registered):
+    """StreamV2V (Liang et al., ICLR 2025): every self-attention (UNet and ControlNet) also reads a
+    bank of earlier frames' keys and values, at most ``frames`` frames' worth, merged ToMe-style
+    into one frame's worth when a frame more arrives (attention.FeatureBankProcessor); with
+    ``fusion`` > 0, in the UNet's middle and low-resolution decoder layers each token's output
+    moves toward its nearest banked output where their cosine similarity reaches ``threshold``.
+
+    Causal, as in the paper's streaming use: frame i sees only frames before it. Steps are the outer
+    loop and frames the inner, so each step has its own bank, filled by the frames in clip order
+    as the calls reach them; within a call the frames are taken one after another."""
+
+    frames: int
+    fusion: float = 0.0
+    threshold: float = 0.98
+    seed: int = 0
+    name, summary = "feature-bank", "StreamV2V: self-attention also reads a bank of earlier frames' keys and values"
+    flags = {"frames": "feature_bank", "fusion": "feature_fusion", "threshold": "fusion_threshold"}
+    FUSED = ("unet.mid_block", "unet.up_blocks.0.", "unet.up_blocks.1.")  # StreamV2V's fusion layers
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--feature-bank", type=int, default=0, metavar="N",
+                           help="StreamV2V: self-attention also reads earlier frames' keys and values, a bank of at "
+                                "most N frames' worth, merged into one frame's worth when full (0: off)")
+        group.add_argument("--feature-fusion", type=float, default=0.0, metavar="W",
+                           help="--feature-bank: move decoder outputs toward their nearest banked output by W")
+        group.add_argument("--fusion-threshold", type=float, default=0.98,
+                           help="--feature-fusion: only where the cosine similarity reaches this")
+
+    @staticmethod
+    def check(args):
+        if args.feature_bank < 0:
+            raise UserError("--feature-bank must be >= 0 frames")
+        if not 0 <= args.feature_fusion <= 1 or not -1 <= args.fusion_threshold <= 1:
+            raise UserError("--feature-fusion must be in [0, 1] and --fusion-threshold in [-1, 1]")
+        if args.feature_fusion > 0 and args.feature_bank == 0:
+            raise UserError("--feature-fusion fuses with the feature bank: give --feature-bank N too")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if args.feature_bank <= 0:
+            return None
+        return cls(args.feature_bank, args.feature_fusion, args.fusion_threshold, args.seed)
+
+    def cost(self, num_frames, num_steps):
+        return 1.0  # the model calls are the plain run's; attention reads up to N + 1 frames' tokens
+
+    def attach(self, pipe):
+        self.state = BankState(self.frames, self.fusion, self.threshold, self.seed)
+        self.saved = wrap_attention(pipe, lambda inner, name: FeatureBankProcessor(
+            inner, name, self.state, fuse=name.startswith(self.FUSED)), named=True)
+
+    def detach(self, pipe):
+        unwrap_attention(self.saved)
+
+    def setup(self, info):
+        self.frame_ids = info.frame_ids
+        self.state.banks = {}
+
+    def before_step(self, step, t, latents, active):
+        self.state.step = step
+        self.state.banks = {k: v for k, v in self.state.banks.items() if k[2] == step}  # earlier steps' are done
+        return latents
+
+    def plan_batch(self, chunk, active):
+        return list(chunk), {"bank_frames": torch.tensor([self.frame_ids[j] for j in chunk])}
+
+
+@dataclass
+class TokenMerge(Technique, Registered):
+    """VidToMe (Li et al., CVPR 2024): in the self-attention of the layers at the latent's resolution
+    and half of it (UNet and ControlNet), the tokens of each chunk of ``chunk`` frames of a call are
+    merged across frames (local merging against a random target frame, ratio ``ratio``) and against
+    the global tokens the previous chunk of the step left (``global_ratio``), attention runs once
+    over the merged set, and the outputs are unmerged (attention.TokenMergeProcessor). Frames of a
+    chunk share merged tokens (consistency), and attention runs on fewer tokens."""
+
+    ratio: float
+    chunk: int = 4
+    global_ratio: float = 0.8
+    seed: int = 0
+    name, summary = "token-merge", "VidToMe: self-attention tokens merged across a chunk's frames, then unmerged"
+    flags = {"ratio": "token_merge", "chunk": "merge_chunk", "global_ratio": "global_merge"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--token-merge", type=float, default=0.0, metavar="R",
+                           help="VidToMe: merge this share of a chunk's self-attention tokens into a random target "
+                                "frame's, attend once over the chunk, unmerge (0: off)")
+        group.add_argument("--merge-chunk", type=int, default=4, help="--token-merge: frames merged together")
+        group.add_argument("--global-merge", type=float, default=0.8,
+                           help="--token-merge: share merged against the previous chunk's tokens (0: none)")
+
+    @staticmethod
+    def check(args):
+        if not 0 <= args.token_merge < 1 or not 0 <= args.global_merge < 1:
+            raise UserError("--token-merge and --global-merge must be in [0, 1)")
+        if args.merge_chunk < 1:
+            raise UserError("--merge-chunk must be at least 1 frame")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        if args.token_merge <= 0:
+            return None
+        return cls(args.token_merge, args.merge_chunk, args.global_merge, args.seed)
+
+    def attach(self, pipe):
+        self.state = MergeState(self.ratio, self.chunk, self.global_ratio, self.seed)
+        self.saved = wrap_attention(pipe, lambda inner, name: TokenMergeProcessor(inner, name, self.state), named=True)
+
+    def detach(self, pipe):
+        unwrap_attention(self.saved)
+
+    def setup(self, info):
+        self.frame_ids = info.frame_ids
+        self.state.latent_tokens = info.noise.shape[-2] * info.noise.shape[-1]
+
+    def before_step(self, step, t, latents, active):
+        self.state.step, self.state.global_tokens = step, {}  # global tokens last one step, as VidToMe's
+        return latents
+
+    def plan_batch(self, chunk, active):
+        return list(chunk), {"merge_frames": torch.tensor([self.frame_ids[j] for j in chunk])}

@@ -4,8 +4,8 @@ A start (SDEdit) first, copying before the differences that build on the copied 
 after; then the techniques that plan the model's calls (at most one per run), flow fusion last, on
 the final clean estimates. The interface each class has is described in techniques.py.
 """
-from planners import CrossFrameAttention, Grid, TrajectoryAttention
+from planners import CrossFrameAttention, FeatureBank, Grid, TokenMerge, TrajectoryAttention
 from techniques import Blend, Copy, FlowFusion, LatentDifferences, StartFromLatents
 
 TECHNIQUES = [StartFromLatents, Copy, LatentDifferences, Blend, CrossFrameAttention, TrajectoryAttention, Grid,
-              FlowFusion]
+              FeatureBank, TokenMerge, FlowFusion]

@@ -12,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 
 import metrics  # noqa: E402
 
@@ -58,27 +60,105 @@ def write_plots(out, rows, columns):
         plot_trade_off(os.path.join(out, "plots", TRADE_OFF), rows)
 
 
+ON_POSE = {"pose_iou": 0.6, "pose_pck": 0.5}  # a run keeps to the pose at or above this (the Pareto front's runs)
+LABEL_RINGS = (9, 18, 30, 44, 60, 78, 98, 120, 145)  # label offsets tried around a point, points (1/72 in)
+LABEL_DIRECTIONS = [(1, 0.3), (1, -0.5), (-1, 0.3), (-1, -0.5), (0.15, 1), (0.15, -1), (-0.5, 1), (-0.5, -1),
+                    (1, 1), (1, -1), (-1, 1), (-1, -1)]
+
+
+def pareto_front(points, pose):
+    """The runs no other on-pose run beats on both cost and steadiness: (seconds_per_frame,
+    warping_error) minimal, among those whose pose metric is at least ON_POSE (all, without one);
+    sorted by cost."""
+    kept = [r for r in points if pose is None or (r.get(pose) is not None and r[pose] >= ON_POSE[pose])]
+    front = [r for r in kept if not any(
+        o["seconds_per_frame"] <= r["seconds_per_frame"] and o["warping_error"] <= r["warping_error"]
+        and (o["seconds_per_frame"], o["warping_error"]) != (r["seconds_per_frame"], r["warping_error"]) for o in kept)]
+    return sorted(front, key=lambda r: r["seconds_per_frame"])
+
+
+def text_box(label, renderer):
+    """An annotation's text box in display units (its own extent includes the leader line, which
+    touches its point)."""
+    label.update_positions(renderer)
+    return matplotlib.text.Text.get_window_extent(label, renderer)
+
+
+def place_labels(axis, points, names):
+    """A label per point where it overlaps no other label and no point: the first free place on
+    rings of growing offset (a leader line from the second ring on). -> the labels' display boxes."""
+    figure = axis.figure
+    renderer = figure.canvas.get_renderer()
+    marker_boxes = [matplotlib.transforms.Bbox.from_extents(x - 5, y - 5, x + 5, y + 5)
+                    for x, y in axis.transData.transform(points)]
+    placed = []
+    for (x, y), name in sorted(zip(points, names), key=lambda item: -item[0][1]):
+        for ring, radius in enumerate(LABEL_RINGS):
+            for dx, dy in ((radius * dx, radius * dy) for dx, dy in LABEL_DIRECTIONS):
+                label = axis.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                                      ha="left" if dx >= 0 else "right", va="center",
+                                      arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4") if ring else None)
+                box = text_box(label, renderer).expanded(1.05, 1.15)
+                inside = axis.get_window_extent(renderer).contains(box.x0, box.y0) and \
+                    axis.get_window_extent(renderer).contains(box.x1, box.y1)
+                if inside and not any(box.overlaps(other) for other in placed + marker_boxes):
+                    placed.append(box)
+                    break
+                label.remove()
+            else:
+                continue
+            break
+        else:  # no free place: the last ring's first, marked by its leader line
+            label = axis.annotate(name, (x, y), xytext=(LABEL_RINGS[-1], 0), textcoords="offset points", fontsize=7,
+                                  arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"))
+            placed.append(text_box(label, renderer))
+    return placed
+
+
+def short_names(names):
+    """Run names without the part all share ("swing-" when a sweep has one input)."""
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    prefix = prefix[:prefix.rfind("-") + 1]
+    return [n[len(prefix):] or n for n in names]
+
+
 def plot_trade_off(path, rows):
     """Warping error against seconds per frame, a labelled point per run, coloured by pose IoU (or
-    PCK) where measured: the cost of steadiness, and whether the pose survives it."""
+    PCK) where measured: the cost of steadiness, and whether the pose survives it. Log axes where
+    the points span more than 3x; the Pareto front of the on-pose runs drawn as a line; no label
+    on another. -> the labels' display boxes (for the tests)."""
     pose = next((m for m in ("pose_iou", "pose_pck") if any(r.get(m) is not None for r in rows)), None)
     points = [r for r in rows if r.get("warping_error") is not None and r.get("seconds_per_frame") is not None]
-    figure, axis = plt.subplots(figsize=(7.0, 4.5))
+    figure, axis = plt.subplots(figsize=(9.0, 6.0))
     xs, ys = [r["seconds_per_frame"] for r in points], [r["warping_error"] for r in points]
+    for values, set_scale in ((xs, axis.set_xscale), (ys, axis.set_yscale)):
+        if values and min(values) > 0 and max(values) > 3 * min(values):
+            set_scale("log")
     if pose:
         colors = [r.get(pose) if r.get(pose) is not None else float("nan") for r in points]
-        scatter = axis.scatter(xs, ys, c=colors, cmap="viridis", vmin=0, vmax=1, s=60, edgecolors="k")
+        scatter = axis.scatter(xs, ys, c=colors, cmap="viridis", vmin=0, vmax=1, s=40, edgecolors="k", zorder=3)
         figure.colorbar(scatter, ax=axis, label=pose.replace("_", " ") + " (higher is better)")
     else:
-        axis.scatter(xs, ys, color="#4477aa", s=60, edgecolors="k")
-    for r in points:
-        axis.annotate(r["run"], (r["seconds_per_frame"], r["warping_error"]), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")
+        axis.scatter(xs, ys, color="#4477aa", s=40, edgecolors="k", zorder=3)
+    front = pareto_front(points, pose)
+    if front:
+        axis.step([r["seconds_per_frame"] for r in front], [r["warping_error"] for r in front], where="post",
+                  color="#cc3311", lw=1.2, zorder=2,
+                  label="Pareto front: steadiest for its cost" + (f", {pose.replace('_', ' ')} >= {ON_POSE[pose]}"
+                                                                  if pose else ""))
+        axis.scatter([r["seconds_per_frame"] for r in front], [r["warping_error"] for r in front], s=150,
+                     facecolors="none", edgecolors="#cc3311", lw=1.2, zorder=4)
+        axis.legend(loc="upper right", fontsize=7)
     axis.set_xlabel("seconds per frame")
     axis.set_ylabel("warping error (lower is steadier)")
+    if xs:  # room for labels beside the outermost points
+        axis.margins(x=0.25, y=0.12)
     figure.tight_layout()
+    figure.canvas.draw()
+    boxes = place_labels(axis, list(zip(xs, ys)), short_names([r["run"] for r in points]))
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return boxes
 
 
 REPORT_SCRIPT = """

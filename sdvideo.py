@@ -27,10 +27,11 @@ transformers_logging.set_verbosity_error()
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 import metrics  # noqa: E402
+from api import Result, generate, load  # noqa: E402,F401  (the Python API: `import sdvideo; sdvideo.generate(...)`)
 import pose_extract  # noqa: E402
 import run  # noqa: E402
 import sweep  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError  # noqa: E402,F401  (raised by the API too)
 
 COMMANDS = ("run", "evaluate", "sweep", "extract")
 

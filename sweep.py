@@ -26,31 +26,13 @@ from accelerate import PartialState
 import metrics
 from errors import HelpFormatter, UserError
 from report import HIGHER_IS_BETTER, METRICS, write_results
+from run_args import NEGATABLE, to_flags  # noqa: F401  (NEGATABLE: the tests read it here)
 
 log = logging.getLogger(__name__)
 RUN_FLAGS = "sweep_flags.json"  # the flags a run folder was made with
 TOP_KEYS = ("out", "sort_by", "common", "inputs", "prompts", "settings", "grid", "evaluate")
 INPUT_KEYS = ("name", "video", "poses", "residuals")
 EVALUATE_KEYS = ("no_clip", "clip_model", "pose_backend", "annotator_path")
-NEGATABLE = ("grid_shuffle",)  # the run flags on by default, with a --no- form (tests check the list)
-
-
-def to_flags(settings):
-    """{"copy_step": "0.3", "overwrite": True, "grid_shuffle": False} -> ["--copy-step", "0.3",
-    "--overwrite", "--no-grid-shuffle"]: false leaves a switch off, or turns off one on by default."""
-    flags = []
-    for key, value in settings.items():
-        if value is False and key in NEGATABLE:
-            flags.append("--no-" + key.replace("_", "-"))
-        if value is None or value is False:
-            continue
-        for item in value if isinstance(value, list) else [value]:  # a list repeats the flag (--lora a --lora b)
-            flags.append("--" + key.replace("_", "-"))
-            if item is not True:
-                flags.append(str(item))
-    return flags
-
-
 def safe_name(name):
     """A run name as a folder name: letters, digits and ._=+- only, no leading dot (so never '..')."""
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(name)).lstrip(".") or "run"

@@ -335,6 +335,19 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance, body):
                             0, 0, 360, value, -1, cv2.LINE_AA)
 
 
+def thin_parts_mask(keypoints, golfer, size=SIZE2):
+    """The parts the toy world's measures find hardest: the arms and, for a golfer, the club;
+    (size, size) bool (train_toy.py weights them in the VAE's loss)."""
+    body, big = body_for(size), size * SUPERSAMPLE
+    points = keypoints.astype(np.float64).copy()
+    points[:, :2] *= SUPERSAMPLE
+    mask = np.zeros((big, big), np.uint8)
+    if golfer:
+        _draw_club(np.zeros((big, big, 3), np.uint8), mask, points, body, (0, 0, 0))
+    small = cv2.resize(mask.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+    return small | limb_mask(keypoints, ARMS, size)
+
+
 def limb_mask(keypoints, limbs=ARMS, size=SIZE2):
     """The true mask of some limbs alone (pairs of joints, default the arms): the capsules the
     renderer draws for them, (size, size) bool; keypoints (18, 3) in the picture's pixels."""

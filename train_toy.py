@@ -106,13 +106,18 @@ def _tile(pictures, grid):
     return np.concatenate(rows, axis=0)
 
 
-def batch(rng, count, swing, size, grid=1):
+def batch(rng, count, swing, size, grid=1, thin=False):
     """A training batch of ``count`` pictures: (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps
     (B, 3, H, W) in [0, 1], prompts. With grid > 1 each picture is a grid x grid tiling of
-    size-px frames of one look (one prompt) in different poses, H = W = grid * size."""
+    size-px frames of one look (one prompt) in different poses, H = W = grid * size. With thin
+    (grid 1), the masks are 1 on the figure and 2 on its arms and club (toyworld.thin_parts_mask)."""
     images, masks, maps, prompts = [], [], [], []
     for _ in range(count):
         cells = [toyworld.sample(rng, swing, size)]
+        if thin:
+            image, mask, keypoints, prompt, look = cells[0]
+            cells[0] = (image, mask.astype(np.float32) + toyworld.thin_parts_mask(keypoints, look.golfer, size),
+                        keypoints, prompt, look)
         for _ in range(grid * grid - 1):  # the same look and nuisances, another pose
             keypoints = (toyworld.jittered(swing[rng.integers(len(swing))], rng, size) if rng.random() < 0.3
                          else toyworld.random_pose(rng, size))
@@ -226,18 +231,21 @@ def adaptive_weight(reconstruction, adversarial, last_layer):
 
 
 def train_vae(vae, swing, args):
-    """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures), a
-    small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
+    """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures; toy
+    world 2's arms and club 8x), a small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
     discriminator with hinge losses from DISC_START of the steps on; then the latent scaling factor."""
     disc = Discriminator()
     disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
     gan_from = int(DISC_START * args.vae_steps) if args.disc_weight > 0 else args.vae_steps + 1
 
+    thin = args.size >= toyworld.SIZE2  # toy world 2's arms and club: what its measures look at
+
     def vae_loss(rng, step):
-        images, masks, _, _ = batch(rng, args.vae_batch, swing, args.size)
+        images, masks, _, _ = batch(rng, args.vae_batch, swing, args.size, thin=thin)
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample()).sample
-        weight = 1 + 3 * masks[:, None]
+        # figure 4x, its arms and club 8x (masks 1 and 2): the thin parts are few pixels of the loss
+        weight = 1 + 3 * masks[:, None] + (masks[:, None] > 1.5) * 4
         error = (weight * ((decoded - images).abs() + (decoded - images) ** 2)).mean()
         loss = error + 1e-6 * posterior.kl().mean()
         if step < gan_from:
@@ -253,7 +261,7 @@ def train_vae(vae, swing, args):
         disc.requires_grad_(True)
         return loss + args.disc_weight * adaptive_weight(error, adversarial, vae.decoder.conv_out.weight) * adversarial
 
-    config = {"size": args.size, "disc_weight": args.disc_weight, "steps": args.vae_steps}
+    config = {"size": args.size, "disc_weight": args.disc_weight, "steps": args.vae_steps, "thin": thin}
     run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps, config),
               {"vae": vae, "disc": disc, "disc_optimizer": disc_optimizer}, vae_loss, args)
     vae.requires_grad_(False).eval()
@@ -346,7 +354,7 @@ def main(argv=None):
                         help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
     parser.add_argument("--grid-every", type=int, default=8,
                         help="every Nth UNet/ControlNet step trains on 2x2 grids (128 px only; 0: never)")
-    parser.add_argument("--vae-steps", type=int, default=1500, help="VAE training steps")
+    parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")

@@ -16,6 +16,8 @@ subprocess, so peak memory is its own:
       guidance 0 (one branch), the tiny VAE (AutoencoderTiny, TAESD's layout) for decoding; (h)
       diffusers' pipeline with all frames in one call, (i) sdvideo (not in the default --configs)
   (j), (k) the same at 1 step
+  (l) cross-frame attention to the first frame, (m) StreamV2V's feature bank (N = 1, fusion 0.8),
+      (n), (o) VidToMe's token merging at R = 0.5 and 0.9 (not in the default --configs)
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
@@ -53,6 +55,8 @@ CONFIGS = {
     "j": "diffusers few-step, all frames in one call: 1 step, guidance 0, tiny VAE",
     "k": "sdvideo few-step: 1 step, guidance 0, tiny VAE",
 }
+CONFIGS.update({"l": "sdvideo + cross-frame attention (anchor)", "m": "sdvideo + StreamV2V feature bank N=1, fusion 0.8",
+                "n": "sdvideo + VidToMe token merging R=0.5", "o": "sdvideo + VidToMe token merging R=0.9"})
 FEW_STEPS = {"h": 4, "i": 4, "j": 1, "k": 1}  # the few-step configurations' steps (guidance 0, tiny VAE)
 DIFFUSERS = "abhj"  # the configurations that call diffusers' pipeline
 # Speed options of sdvideo (models.ModelSpec fields, plus the dtype), measured with --options.
@@ -206,6 +210,10 @@ def run_config(name, args):
             found = [techniques.Copy(steps // 2, "anchor", "first")]
         if name in "fg":
             found = [planners.Grid(2 if name == "f" else 3)]
+        if name in "lmno":  # the attention techniques of the comparison, against (c) and each other
+            found = [{"l": lambda: planners.CrossFrameAttention("anchor"),
+                      "m": lambda: planners.FeatureBank(1, 0.8, 0.98),
+                      "n": lambda: planners.TokenMerge(0.5), "o": lambda: planners.TokenMerge(0.9)}[name]()]
         if name == "e":
             source = pipeline.encode(pipe, maps[ids], args.batch_size)  # a stand-in source video
             keyframes = KeyframePlan(8, 0.3, source)
@@ -314,7 +322,8 @@ def bounds(args):
     return {"a": 1.0, "b": 1.0, "c": 1.0, "d": f * n / (n // 2 + f * (n - n // 2)),
             "e": f * n / (keys * n + (f - keys) * s_steps),
             "f": f / (-(-f // 4) * 4), "g": f / (-(-f // 9) * 9),  # a grid's fill is computed too
-            **{k: n * branches / steps for k, steps in FEW_STEPS.items()}}
+            **{k: n * branches / steps for k, steps in FEW_STEPS.items()},
+            "l": f / (f + -(-f // args.batch_size)), "m": 1.0, "n": 1.0, "o": 1.0}  # (l): the anchor rides along
 
 
 def memory_scaling(args):

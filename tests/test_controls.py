@@ -46,8 +46,11 @@ def test_an_extra_control_at_scale_0_gives_the_pose_only_frames_and_at_1_changes
     assert sdvideo.main([*FAST, "--out", str(tmp_path / "pose")]) == 0
     assert sdvideo.main([*FAST, "--control", "pose,canny", "--controlnet-scale", "1", "0",
                          "--out", str(tmp_path / "zero")]) == 0
+    assert sdvideo.main([*FAST, "--control", "pose,canny", "--controlnet-scale", "1,0",  # as --control: commas
+                         "--out", str(tmp_path / "commas")]) == 0
     assert sdvideo.main([*FAST, "--control", "pose,canny", "--out", str(tmp_path / "both")]) == 0
     assert np.array_equal(frames(tmp_path / "zero"), frames(tmp_path / "pose"))
+    assert np.array_equal(frames(tmp_path / "commas"), frames(tmp_path / "zero"))
     assert np.abs(frames(tmp_path / "both").astype(int) - frames(tmp_path / "pose").astype(int)).mean() > 1
 
 

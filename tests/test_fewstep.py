@@ -2,6 +2,8 @@
 scheduler kept with --scheduler model and guidance 0 (one branch), the tiny VAE (TAESD's class) in
 place of the base's for decoding and encoding, and every technique's step arguments at 1-4 steps."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,10 +46,13 @@ def turbo_folder(tmp_path_factory):
 
 def test_sd_turbo_setting_keeps_its_scheduler_and_computes_one_branch(turbo_folder, tmp_path, pose_maps):
     out = tmp_path / "run"
-    code = sdvideo.main(["--base", str(turbo_folder / "base"), "--controlnet", str(turbo_folder / "controlnet"),
-                         "--scheduler", "model", "--steps", "1", "--guidance", "0", "--height", "64", "--width", "64",
-                         "--max-frames", "2", "--quiet", "--local-files-only", *DEMO, "--out", str(out)])
-    assert code == 0
+    # a process of its own, as a user runs it: warnings reach stderr there (pytest would catch them)
+    done = subprocess.run([sys.executable, f"{ROOT}/sdvideo.py", "--base", str(turbo_folder / "base"),
+                           "--controlnet", str(turbo_folder / "controlnet"), "--scheduler", "model", "--steps", "1",
+                           "--guidance", "0", "--height", "64", "--width", "64", "--max-frames", "2", "--quiet",
+                           "--local-files-only", *DEMO, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # --quiet with a folder-loaded base: not even diffusers' torch_dtype FutureWarning
     record = json.loads((out / "run.json").read_text())
     assert record["models"]["scheduler"] == "EulerDiscreteScheduler"
     assert record["models"]["timestep_spacing"] == "trailing"
@@ -110,7 +115,7 @@ TECHNIQUE_FLAGS = [["--noise", "fixed", "--copy-step", "0.4"], ["--noise", "fixe
                    ["--noise", "flow-gated"], ["--preset", "seed"], ["--preset", "keyframe"]]
 
 
-@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("steps", [1, 4])
 @pytest.mark.parametrize("flags", TECHNIQUE_FLAGS, ids=lambda f: " ".join(f))
 def test_every_technique_runs_at_one_to_four_steps(tmp_path, steps, flags):
     """Step arguments given as fractions of the schedule hold at few-step counts."""

@@ -1,5 +1,8 @@
 """Long clips, --resume, --batch-size auto and the speed options (tiny model, no timing asserted)."""
 import json
+import signal
+import subprocess
+import sys
 import os
 
 import av
@@ -207,3 +210,32 @@ def test_resume_refuses_a_pose_file_whose_content_changed_under_the_same_name(tm
     assert sdvideo.main([*FAST, "--poses", str(poses), "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "other settings" in err[-1] and len([e for e in err if "error" in e]) == 1
+
+
+KILL_MID_WRITE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import files, sdvideo, video_io
+real = video_io.write_png
+def write_png(path, image):
+    if path.endswith(os.path.join("frames", "00003.png")):  # the fourth frame: its temporary written, then death
+        with files.atomic_path(path, ".png") as tmp:
+            from PIL import Image
+            Image.fromarray(image).save(tmp)
+            os.kill(os.getpid(), signal.SIGKILL)
+    real(path, image)
+video_io.write_png = write_png
+sdvideo.main({argv!r})
+"""
+
+
+def test_a_run_killed_while_writing_a_frame_resumes_without_its_temporary(tmp_path):
+    out = tmp_path / "run"
+    argv = [*FAST, "--max-frames", "6", "--out", str(out)]
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_WRITE.format(root=ROOT, argv=argv)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    partial = tmp_path / "run.partial" / "frames"
+    assert any(".tmp" in name for name in os.listdir(partial))  # the dead write's temporary is there
+    assert sdvideo.main([*argv, "--resume"]) == 0
+    assert sorted(os.listdir(out / "frames")) == [f"{i:05d}.png" for i in range(6)]  # and gone after --resume
+    assert not [name for d, _, names in os.walk(out) for name in names if ".tmp" in name]

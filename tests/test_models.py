@@ -48,8 +48,10 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
                                        ("unipc", "UniPCMultistepScheduler"), ("lcm", "LCMScheduler"),
                                        ("tcd", "TCDScheduler"), ("model", "DDIMScheduler")])
 def test_schedulers_keep_the_base_config(name, cls):
-    loaded = models.build_tiny_pipeline("v_prediction").scheduler
-    loaded.register_to_config(timestep_spacing="trailing")
+    from diffusers import DDIMScheduler
+
+    shipped = models.build_tiny_pipeline("v_prediction").scheduler.config  # a folder's, with SD-Turbo's spacing
+    loaded = DDIMScheduler.from_config(shipped, timestep_spacing="trailing")
     scheduler = models.make_scheduler(name, loaded)
     assert type(scheduler).__name__ == cls
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.beta_schedule == "scaled_linear"
@@ -156,3 +158,29 @@ def test_file_hashes_are_read_once_and_follow_the_files_contents(tmp_path, monke
     path.write_bytes(b"b" * 100)  # the same size, written later: read again
     os.utime(path, ns=(1, 1))
     assert files.file_hash(str(path)) == hashlib.sha256(b"b" * 100).hexdigest()
+
+
+def test_an_uncached_model_with_no_hub_is_one_line_at_once(tmp_path):
+    """No weights in the cache and a hub that refuses connections (a closed local port): one line,
+    exit 2, naming `hf download` and --local-files-only, without huggingface_hub's retries."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, f"{ROOT}/sdvideo.py", "--poses", f"{ROOT}/demo/golf_swing.json",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "hub cannot be reached" in lines[0] and "hf download stabilityai/stable-diffusion-2-1-base" in lines[0]
+    assert "--local-files-only" in lines[0]
+
+
+def test_a_cached_hub_id_loads_without_the_network(tmp_path, monkeypatch):
+    """A hub id whose files are in the cache is read with local_files_only (no request is made)."""
+    monkeypatch.setattr(models.huggingface_hub, "try_to_load_from_cache", lambda name, filename: "/cached/file")
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a: (_ for _ in ()).throw(AssertionError("network used")))
+    assert models.hub_local_only("some/model", "base model", False) is True
+    assert models.hub_local_only(str(tmp_path), "base model", False) is False  # a folder: as asked

@@ -176,3 +176,86 @@ def test_upcast_layers_score_in_fp32_and_return_their_own_dtype():
     half = attn.to(torch.bfloat16)(hidden.bfloat16(), trajectories=paths)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), expected, rtol=0.05, atol=0.05)
+
+
+# ---- StreamV2V's feature bank and VidToMe's token merging ----------------------------------------
+
+def test_the_feature_bank_is_causal_and_batch_size_does_not_matter(tiny_pipe, maps):
+    bank = lambda: [planners.FeatureBank(2, fusion=0.5, threshold=0.0)]  # noqa: E731
+    latents, _ = generate(tiny_pipe, maps, bank(), batch_size=2)
+    changed = maps.copy()
+    changed[3] = maps[0]
+    later_changed, _ = generate(tiny_pipe, changed, bank(), batch_size=2)
+    assert torch.equal(later_changed[:3], latents[:3])  # frames 0-2 never see frame 3
+    assert (later_changed[3] - latents[3]).abs().max() > 0.1
+    for size in (1, 5):  # frame by frame or all at once: the same bank, the same frames
+        assert_tensors_close(generate(tiny_pipe, maps, bank(), batch_size=size)[0], latents)
+    plain, _ = generate(tiny_pipe, maps)
+    assert_tensors_close(latents[0], plain[0])  # the first frame has an empty bank: plain attention
+    assert (latents[1:] - plain[1:]).abs().max() > 0.1
+
+
+def test_the_bank_holds_at_most_n_frames_then_one_frames_worth(tiny_pipe, maps):
+    technique = planners.FeatureBank(2)
+    sizes = []
+    real_add = planners.FeatureBankProcessor._add
+
+    def spy(processor, bank, key, value, output, frame_id):
+        real_add(processor, bank, key, value, output, frame_id)
+        if processor.name.startswith("unet.") and processor.name.endswith("attn1.processor"):
+            sizes.append((bank["frames"], bank["keys"].shape[1], key.shape[1]))
+
+    planners.FeatureBankProcessor._add = spy
+    try:
+        generate(tiny_pipe, maps, [technique])
+    finally:
+        planners.FeatureBankProcessor._add = real_add
+    per_frame = sizes[0][2]
+    # per layer, branch and step the bank takes frames 0, 1 (2 frames), then merges 3 into 1, then 2
+    seen = [(frames, count // per_frame) for frames, count, _ in sizes[:5]]
+    assert seen == [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+    assert all(frames <= 2 and count <= 2 * per_frame for frames, count, _ in sizes)
+
+
+def test_token_merging_attends_over_fewer_tokens_and_restores_every_frame(tiny_pipe, maps):
+    lengths = []
+    technique = planners.TokenMerge(0.5, chunk=4, global_ratio=0.0)
+    original = planners.TokenMergeProcessor._merged_attention
+
+    def spy(processor, attn, chunk):
+        out = original(processor, attn, chunk)
+        lengths.append((chunk.shape[1], chunk.shape[2], out.shape))
+        return out
+
+    import attention
+
+    real_attend = attention._attend
+    attended = []
+    attention._attend = lambda attn, q, k, v: attended.append(q.shape[-2]) or real_attend(attn, q, k, v)
+    planners.TokenMergeProcessor._merged_attention = spy
+    try:
+        latents, _ = generate(tiny_pipe, maps, [technique], batch_size=5)
+    finally:
+        planners.TokenMergeProcessor._merged_attention = original
+        attention._attend = real_attend
+    assert latents.shape == (5, 4, 8, 8) and torch.isfinite(latents).all()
+    frames, count, shape = lengths[0]
+    assert frames == 4 and shape[1:3] == (4, count)  # unmerged: every frame's tokens back
+    assert attended[0] == count + (frames - 1) * count - int(0.5 * (frames - 1) * count)  # target + kept
+    plain, _ = generate(tiny_pipe, maps, batch_size=5)
+    assert (latents - plain).abs().max() > 0.1
+
+
+def test_off_values_are_the_plain_run_and_a_second_planner_is_refused(tmp_path, capsys):
+    import sdvideo
+
+    fast = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--max-frames", "2", "--quiet"]
+    outs = {}
+    for name, flags in (("plain", []), ("bank0", ["--feature-bank", "0"]), ("merge0", ["--token-merge", "0"])):
+        assert sdvideo.main([*fast, *flags, "--out", str(tmp_path / name)]) == 0
+        outs[name] = (tmp_path / name / "frames" / "00001.png").read_bytes()
+    assert outs["plain"] == outs["bank0"] == outs["merge0"]
+    for flags in (["--feature-bank", "1", "--cross-frame-attn", "anchor"], ["--token-merge", "0.5", "--grid", "2"]):
+        assert sdvideo.main([*fast, *flags, "--out", str(tmp_path / "no")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "both plan the model's calls" in err[0]

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import sdvideo
@@ -203,3 +204,24 @@ def test_sweep_files_with_wrong_types_or_keys_are_one_line_errors(tmp_path, caps
     assert sdvideo.main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_trade_off_plot_keeps_labels_apart_and_marks_the_pareto_front(tmp_path):
+    import report
+
+    rng = np.random.default_rng(0)
+    rows = [{"run": f"swing-setting-number-{i}", "seconds_per_frame": float(0.1 + 0.02 * rng.random()),
+             "warping_error": float(10 ** rng.uniform(-3.6, -3.2)), "pose_iou": 0.7} for i in range(14)]
+    rows += [{"run": "swing-fast-off-pose", "seconds_per_frame": 0.05, "warping_error": 1e-4, "pose_iou": 0.3},
+             {"run": "swing-slow", "seconds_per_frame": 0.5, "warping_error": 2e-2, "pose_iou": 0.8}]
+    boxes = report.plot_trade_off(str(tmp_path / "trade_off.png"), rows)
+    assert len(boxes) == len(rows)  # 14 of them crowd one corner
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    front = report.pareto_front(rows, "pose_iou")
+    on_pose = [r for r in rows if r["pose_iou"] >= 0.6]
+    assert rows[-2] not in front  # the fastest and steadiest run has lost the pose
+    for r in on_pose:  # every on-pose run is on the front or beaten on both by one that is
+        assert r in front or any(f["seconds_per_frame"] <= r["seconds_per_frame"]
+                                 and f["warping_error"] <= r["warping_error"] for f in front)
+    assert all(a["warping_error"] > b["warping_error"] for a, b in zip(front, front[1:]))  # cost buys steadiness
+    assert report.short_names(["swing-a", "swing-b-c"]) == ["a", "b-c"]
