@@ -161,7 +161,8 @@ class FeatureBankProcessor:
                 similarity = tokens.cosine(row_out, bank["outputs"])  # (N, bank)
                 best, nearest = similarity.max(dim=-1)
                 near = (best >= state.threshold)[:, None]
-                fused = torch.where(near, (1 - state.fusion) * row_out + state.fusion * bank["outputs"][nearest], row_out)
+                blended = (1 - state.fusion) * row_out + state.fusion * bank["outputs"][nearest]
+                fused = torch.where(near, blended, row_out)
             out[row] = fused
             self._add(bank, own_key, own_value, row_out, int(bank_frames[frame]))
         out = torch.stack(out)

@@ -79,7 +79,8 @@ def noise_flow_gated(generators, shape, dtype=torch.float32, moving=None):
     """
     latents = [_draw(generators[0], shape, dtype)]
     for generator, mask in zip(generators[1:], moving):
-        latents.append(torch.where(mask.bool()[None], _draw(generator, shape, dtype), latents[-1]))  # the formula, exactly
+        own = _draw(generator, shape, dtype)
+        latents.append(torch.where(mask.bool()[None], own, latents[-1]))  # the formula, exactly
     return torch.stack(latents)
 
 

@@ -343,7 +343,8 @@ class FlowFusion(Technique, Registered):
         def chain(k, target):
             if (k, target) not in chains:
                 step = (self.flows[k - 1:k], self.masks[k - 1:k])  # k -> k - 1
-                chains[(k, target)] = step if k - 1 == target else latent_ops.compose_flows(*step, *chain(k - 1, target))
+                chains[(k, target)] = (step if k - 1 == target
+                                       else latent_ops.compose_flows(*step, *chain(k - 1, target)))
             return chains[(k, target)]
 
         for position, j in enumerate(self.order, start=1):

@@ -6,7 +6,7 @@ entry points (metrics.py calls them for toy-model runs); docs/toy_world.md says 
 import cv2
 import numpy as np
 
-from toyworld import (ARMS, CLUB_COLORS, COLORS, L_HIP, L_SHO, R_HIP, R_SHO, SIZE, SKIN_TONES, SUPERSAMPLE, Look, Nuisance,
+from toyworld import (ARMS, CLUB_COLORS, COLORS, L_HIP, L_SHO, R_HIP, R_SHO, SIZE, SKIN_TONES, Look, Nuisance,
                       body_for, clean_background, club_line, limb_mask, parse_prompt, render, torso_length)
 
 FIGURE_THRESHOLD = 60.0  # RGB distance from the nuisance-free background that counts as figure
