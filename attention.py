@@ -8,6 +8,7 @@ hands it what it needs for the batch (reference rows, trajectories, the batch's 
 ``cross_attention_kwargs`` of the model call. Where that is absent, the inner processor runs.
 """
 import torch
+import torch.nn.functional as F
 
 import tokens
 
@@ -104,13 +105,14 @@ def _project(attn, tokens):
 
 
 def _attend(attn, query, key, value):
-    """softmax(q k^T * scale) v, scores in fp32 where the layer upcasts, then the output projection:
-    (..., heads, N, d), (..., heads, M, d) -> (..., N, C)."""
+    """softmax(q k^T * scale) v through torch's SDPA kernel (in fp32 where the layer upcasts, as
+    diffusers does for SD2.1-768), then the output projection: (..., heads, N, d), (..., heads, M, d)
+    -> (..., N, C)."""
+    dtype = value.dtype
     if attn.upcast_attention:
-        query, key = query.float(), key.float()
-    weights = (query @ key.transpose(-1, -2) * attn.scale).float().softmax(dim=-1).to(value.dtype)
-    out = (weights @ value).transpose(-3, -2).flatten(-2)
-    return attn.to_out[1](attn.to_out[0](out))
+        query, key, value = query.float(), key.float(), value.float()
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale).to(dtype)
+    return attn.to_out[1](attn.to_out[0](out.transpose(-3, -2).flatten(-2)))
 
 
 def _plain_self_attention(attn, hidden_states, encoder_hidden_states, marker):

@@ -158,7 +158,7 @@ def add_input_and_model_arguments(parser):
                             "lcm, tcd: few-step (LCM/TCD LoRAs); model: the base folder's own (SD-Turbo's Euler)")
     model.add_argument("--vae", type=models.parse_vae, default=None, metavar="full|tiny[=PATH_OR_ID]",
                        help=f"full: the base's VAE; tiny: diffusers' AutoencoderTiny ({models.TINY_VAE}, or "
-                            "another), decoding and encoding the source, about 20x cheaper")
+                            "another), decoding and encoding the source (a 512 px decode: 141 GFLOP, SD's VAE 2480)")
     model.add_argument("--dtype", choices=tuple(models.DTYPES), default="fp32", help="model precision")
     model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="where to run")
     model.add_argument("--local-files-only", action="store_true",
