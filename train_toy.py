@@ -232,7 +232,7 @@ def adaptive_weight(reconstruction, adversarial, last_layer):
 
 def train_vae(vae, swing, args):
     """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures; toy
-    world 2's arms and club 8x), a small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
+    world 2's arms and club 11x), a small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
     discriminator with hinge losses from DISC_START of the steps on; then the latent scaling factor."""
     disc = Discriminator()
     disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
@@ -244,7 +244,7 @@ def train_vae(vae, swing, args):
         images, masks, _, _ = batch(rng, args.vae_batch, swing, args.size, thin=thin)
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample()).sample
-        # figure 4x, its arms and club 8x (masks 1 and 2): the thin parts are few pixels of the loss
+        # figure 4x, its arms and club 11x (masks 1 and 2: 1 + 3 * 2 + 4): few pixels of the loss
         weight = 1 + 3 * masks[:, None] + (masks[:, None] > 1.5) * 4
         error = (weight * ((decoded - images).abs() + (decoded - images) ** 2)).mean()
         loss = error + 1e-6 * posterior.kl().mean()
