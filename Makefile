@@ -27,7 +27,7 @@ demo: install
 		--out $(DEMO_OUT) --overwrite
 	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
 
-# Train the toy world's model: toy world 2 (128 px, SD's shape; docs/toy_world.md), about 3 h on 2
+# Train the toy world's model: toy world 2 (128 px, SD's shape; docs/toy_world.md), an estimated 3 h on 2
 # CPU cores; it resumes from the checkpoints in toy_train/ (committed while training is under way)
 # and writes toy_model/. `python train_toy.py --size 64` retrains the first, 64 px world.
 toy-model: install
