@@ -144,13 +144,13 @@ class FeatureBankProcessor:
         self.inner, self.name, self.state, self.fuse = inner, name, state, fuse
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 bank_frames=None, *args, **kwargs):
-        if _plain_self_attention(attn, hidden_states, encoder_hidden_states, bank_frames):
+                 batch_frames=None, *args, **kwargs):
+        if _plain_self_attention(attn, hidden_states, encoder_hidden_states, batch_frames):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        state, frames = self.state, len(bank_frames)
+        state, frames = self.state, len(batch_frames)
         query, key, value = _project(attn, hidden_states)  # (B, heads, N, d)
         out = [None] * hidden_states.shape[0]
-        order = sorted(range(frames), key=lambda r: int(bank_frames[r]))  # clip order: the bank is causal
+        order = sorted(range(frames), key=lambda r: int(batch_frames[r]))  # clip order: the bank is causal
         for row in (branch * frames + r for branch in range(hidden_states.shape[0] // frames) for r in order):
             branch, frame = divmod(row, frames)
             bank = state.banks.setdefault((self.name, branch, state.step), {"frames": 0})
@@ -166,7 +166,7 @@ class FeatureBankProcessor:
                 blended = (1 - state.fusion) * row_out + state.fusion * bank["outputs"][nearest]
                 fused = torch.where(near, blended, row_out)
             out[row] = fused
-            self._add(bank, own_key, own_value, row_out, int(bank_frames[frame]))
+            self._add(bank, own_key, own_value, row_out, int(batch_frames[frame]))
         out = torch.stack(out)
         return out / attn.rescale_output_factor
 
@@ -215,12 +215,12 @@ class TokenMergeProcessor:
         self.inner, self.name, self.state = inner, name, state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 merge_frames=None, *args, **kwargs):
+                 batch_frames=None, *args, **kwargs):
         state = self.state
-        if (_plain_self_attention(attn, hidden_states, encoder_hidden_states, merge_frames)
+        if (_plain_self_attention(attn, hidden_states, encoder_hidden_states, batch_frames)
                 or 4 * hidden_states.shape[1] < state.latent_tokens):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        frames = len(merge_frames)
+        frames = len(batch_frames)
         branches = hidden_states.shape[0] // frames
         out = torch.empty_like(hidden_states)
         for start in range(0, frames, state.chunk):

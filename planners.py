@@ -187,8 +187,19 @@ class Grid(Technique, Registered):
 
 
 
+class FramesPlanner:
+    """What the feature bank and token merging share: their processors (installed by ``attach``)
+    learn each call's frames, as clip frame ids, through the ``batch_frames`` attention kwarg."""
+
+    def detach(self, pipe):
+        unwrap_attention(self.saved)
+
+    def plan_batch(self, chunk, active):
+        return list(chunk), {"batch_frames": torch.tensor([self.frame_ids[j] for j in chunk])}
+
+
 @dataclass
-class FeatureBank(Technique, Registered):
+class FeatureBank(FramesPlanner, Technique, Registered):
     """StreamV2V (Liang et al., ICLR 2025): every self-attention (UNet and ControlNet) also reads a
     bank of earlier frames' keys and values, at most ``frames`` frames' worth, merged ToMe-style
     into one frame's worth when a frame more arrives (attention.FeatureBankProcessor); with
@@ -232,16 +243,10 @@ class FeatureBank(Technique, Registered):
             return None
         return cls(args.feature_bank, args.feature_fusion, args.fusion_threshold, args.seed)
 
-    def cost(self, num_frames, num_steps):
-        return 1.0  # the model calls are the plain run's; attention reads up to N + 1 frames' tokens
-
     def attach(self, pipe):
         self.state = BankState(self.frames, self.fusion, self.threshold, self.seed)
         self.saved = wrap_attention(pipe, lambda inner, name: FeatureBankProcessor(
             inner, name, self.state, fuse=name.startswith(self.FUSED)), named=True)
-
-    def detach(self, pipe):
-        unwrap_attention(self.saved)
 
     def setup(self, info):
         self.frame_ids = info.frame_ids
@@ -252,12 +257,9 @@ class FeatureBank(Technique, Registered):
         self.state.banks = {k: v for k, v in self.state.banks.items() if k[2] == step}  # earlier steps' are done
         return latents
 
-    def plan_batch(self, chunk, active):
-        return list(chunk), {"bank_frames": torch.tensor([self.frame_ids[j] for j in chunk])}
-
 
 @dataclass
-class TokenMerge(Technique, Registered):
+class TokenMerge(FramesPlanner, Technique, Registered):
     """VidToMe (Li et al., CVPR 2024): in the self-attention of the layers at the latent's resolution
     and half of it (UNet and ControlNet), the tokens of each chunk of ``chunk`` frames of a call are
     merged across frames (local merging against a random target frame, ratio ``ratio``) and against
@@ -298,9 +300,6 @@ class TokenMerge(Technique, Registered):
         self.state = MergeState(self.ratio, self.chunk, self.global_ratio, self.seed)
         self.saved = wrap_attention(pipe, lambda inner, name: TokenMergeProcessor(inner, name, self.state), named=True)
 
-    def detach(self, pipe):
-        unwrap_attention(self.saved)
-
     def setup(self, info):
         self.frame_ids = info.frame_ids
         self.state.latent_tokens = info.noise.shape[-2] * info.noise.shape[-1]
@@ -308,6 +307,3 @@ class TokenMerge(Technique, Registered):
     def before_step(self, step, t, latents, active):
         self.state.step, self.state.global_tokens = step, {}  # global tokens last one step, as VidToMe's
         return latents
-
-    def plan_batch(self, chunk, active):
-        return list(chunk), {"merge_frames": torch.tensor([self.frame_ids[j] for j in chunk])}
