@@ -29,9 +29,9 @@ demo: install
 
 # Train the toy world's model: toy world 2 (128 px, SD's shape; docs/toy_world.md), an estimated 3 h on 2
 # CPU cores; it resumes from the checkpoints in toy_train/ (committed while training is under way)
-# and writes toy_model/. `python train_toy.py --size 64` retrains the first, 64 px world.
+# and writes toy_model/. `python -m toy.train_toy --size 64` retrains the first, 64 px world.
 toy-model: install
-	$(PY) train_toy.py
+	$(PY) -m toy.train_toy
 
 # MediaPipe's pose model ships in its wheel, so a real detector runs in the tests (see the file for --no-deps).
 $(VENV)/.mediapipe: $(VENV)/.installed requirements-mediapipe.txt

@@ -31,8 +31,8 @@ from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import files
-from errors import UserError
+from common import files
+from common.errors import UserError
 
 log = logging.getLogger("convert")
 

@@ -3,7 +3,7 @@
 Shapes: a latent is (C, H, W) (C = 4 for SD, H, W = image size / 8); a clip of latents is
 (F, C, H, W). ``alpha_bar`` is the scheduler's cumulative alpha at a timestep (VP form:
 z_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps). The technique objects that call these
-from the denoising loop's hooks live in techniques.py.
+from the denoising loop's hooks live in loop/techniques.py.
 """
 import torch
 import torch.nn.functional as F

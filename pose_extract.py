@@ -1,8 +1,8 @@
 """Poses into ControlNet pose maps, and video into poses: ``draw_openpose`` renders one COCO-18
-pose the way ControlNet's OpenPose annotator does; ``extract_sequence`` detects (detectors.py),
-tracks and cleans up (pose_tracking.py) the poses of a clip; the ``extract`` command
+pose the way ControlNet's OpenPose annotator does; ``extract_sequence`` detects (poses/detectors.py),
+tracks and cleans up (poses/pose_tracking.py) the poses of a clip; the ``extract`` command
 (``python pose_extract.py --video swing.mp4 --out poses.json``, or ``sdvideo.py extract``) writes
-them as a pose file (pose_files.py, whose ``read_poses``/``write_poses`` are re-exported here).
+them as a pose file (poses/pose_files.py, whose ``read_poses``/``write_poses`` are re-exported here).
 """
 import argparse
 import logging
@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-import detectors
-import files
-import pose_tracking
-from errors import HelpFormatter, UserError
-from pose_files import PoseSequence, read_poses, write_poses  # noqa: F401 (this module's API too)
-from pose_tracking import CleanUp
+from common import files
+from common.errors import HelpFormatter, UserError
+from poses import detectors, pose_tracking
+from poses.pose_files import PoseSequence, read_poses, write_poses  # noqa: F401 (this module's API too)
+from poses.pose_tracking import CleanUp
 
 log = logging.getLogger("pose_extract")
 
@@ -235,7 +234,7 @@ def extract_command_parser(subparsers):
 
 def extract_command(args):
     """sdvideo.py extract (or python pose_extract.py) --video swing.mp4 --out poses.json [--render DIR]."""
-    import video_io  # here, not at the top: the benchmark draws pose maps where PyAV is not installed
+    from common import video_io  # here, not at the top: the benchmark draws pose maps where PyAV is not installed
 
     for flag, path in (("--out", args.out), ("--render", args.render), ("--preview", args.preview)):
         if path:

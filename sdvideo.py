@@ -8,8 +8,8 @@ and on real weights (SD 2.1 base + the OpenPose ControlNet, from the HF cache or
 
     python sdvideo.py --video swing.mp4 --prompt "an astronaut swinging a golf club"
 
-Commands (``run`` is the default): ``run`` (run.py), ``evaluate`` (metrics.py), ``sweep``
-(sweep.py), ``extract`` (pose_extract.py); each module declares its own parser. This module only
+Commands (``run`` is the default): ``run`` (cli/run.py), ``evaluate`` (measure/metrics.py), ``sweep``
+(measure/sweep.py), ``extract`` (pose_extract.py); each module declares its own parser. This module only
 registers them, parses, and turns a user's error into one line and exit status 2.
 """
 import argparse
@@ -26,12 +26,11 @@ transformers_logging.set_verbosity_error()
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
-import metrics  # noqa: E402
-from api import Result, generate, load  # noqa: E402,F401  (the Python API: `import sdvideo; sdvideo.generate(...)`)
 import pose_extract  # noqa: E402
-import run  # noqa: E402
-import sweep  # noqa: E402
-from errors import UserError  # noqa: E402,F401  (raised by the API too)
+from cli import run  # noqa: E402
+from cli.api import Result, generate, load  # noqa: E402,F401  (the Python API: `import sdvideo; sdvideo.generate(...)`)
+from common.errors import UserError  # noqa: E402,F401  (raised by the API too)
+from measure import metrics, sweep  # noqa: E402
 
 COMMANDS = ("run", "evaluate", "sweep", "extract")
 

@@ -86,10 +86,10 @@ def build_pipeline(arch, device, dtype):
     from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    import models
+    from loading import builtin
 
     spec = ARCHS[arch]
-    tokenizer = models.build_tiny_tokenizer()
+    tokenizer = builtin.build_tiny_tokenizer()
     attention = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
     blocks = dict(block_out_channels=spec["blocks"], layers_per_block=spec["layers"], down_block_types=attention,
                   cross_attention_dim=spec["context"], attention_head_dim=spec["heads"], use_linear_projection=True)
@@ -107,7 +107,7 @@ def build_pipeline(arch, device, dtype):
     from diffusers import DDIMScheduler
 
     pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                             controlnet=controlnet, scheduler=DDIMScheduler(**models.SD_SCHEDULE),
+                                             controlnet=controlnet, scheduler=DDIMScheduler(**builtin.SD_SCHEDULE),
                                              safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
@@ -153,12 +153,9 @@ def run_config(name, args):
     import torch
     from PIL import Image
 
-    import models
-    import pipeline
-    import planners
-    import speed
-    import techniques
-    from keyframes import KeyframePlan
+    from loading import models, speed
+    from loop import pipeline, planners, techniques
+    from loop.keyframes import KeyframePlan
 
     option = dict(OPTIONS[args.option]) if args.option else {}
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[option.pop("dtype", args.dtype)]
@@ -171,7 +168,7 @@ def run_config(name, args):
     if args.canny and name == "c":  # a second ControlNet (the same layout) on the pose maps' Canny edges
         from diffusers import MultiControlNetModel
 
-        import controls
+        from loading import controls
 
         pipe.controlnet = MultiControlNetModel([pipe.controlnet, copy.deepcopy(pipe.controlnet)])
         maps = controls.stack(maps, [controls.canny_maps(maps, 100, 200)])

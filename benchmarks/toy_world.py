@@ -33,13 +33,15 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import models  # noqa: E402
-import pipeline  # noqa: E402
 import pose_extract  # noqa: E402
 import sdvideo  # noqa: E402
-import sweep  # noqa: E402
-import toy_metrics as tm  # noqa: E402
-import toyworld as tw  # noqa: E402
+from loading import models  # noqa: E402
+from loop import pipeline  # noqa: E402
+from measure import sweep  # noqa: E402
+from toy import looks  # noqa: E402
+from toy import motions  # noqa: E402
+from toy import toy_metrics as tm  # noqa: E402
+from toy import toyworld as tw  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
@@ -64,12 +66,12 @@ def tw_map(keypoints):
 def following(pipe, count, steps, guidance):
     """Pose IoU per background and shirt-colour accuracy per colour on ``count`` held-out poses per
     (colour, background) pair; trousers take another colour of the vocabulary."""
-    poses = tw.heldout_poses(count)
-    colors = list(tw.COLORS)
-    ious, hits = {b: [] for b in tw.BACKGROUNDS}, {c: [] for c in colors}
-    for (k, shirt), background in itertools.product(enumerate(colors), tw.BACKGROUNDS):
+    poses = motions.heldout_poses(count)
+    colors = list(looks.COLORS)
+    ious, hits = {b: [] for b in looks.BACKGROUNDS}, {c: [] for c in colors}
+    for (k, shirt), background in itertools.product(enumerate(colors), looks.BACKGROUNDS):
         trousers = colors[(k + 3) % len(colors)]
-        prompt = tw.Look(shirt, trousers, background).prompt("a person")
+        prompt = looks.Look(shirt, trousers, background).prompt("a person")
         pictures = generate(pipe, poses, prompt, steps, guidance, seed=100 * k)
         ious[background].append(tm.pose_iou(pictures, poses, prompt))
         hits[shirt].append(tm.color_accuracy(pictures, poses, prompt))
@@ -79,8 +81,8 @@ def following(pipe, count, steps, guidance):
 def nuisance_flicker(pipe, steps, guidance, copies=8):
     """One held-out pose drawn ``copies`` times: mean |difference| between pictures (0-255), with
     independent and with fixed noise."""
-    pose = np.repeat(tw.heldout_poses(1), copies, axis=0)
-    prompt = tw.Look("blue", "white", "studio").prompt("a person")
+    pose = np.repeat(motions.heldout_poses(1), copies, axis=0)
+    prompt = looks.Look("blue", "white", "studio").prompt("a person")
     result = {}
     for noise in ("independent", "fixed"):
         pictures = generate(pipe, pose, prompt, steps, guidance, noise=noise).astype(np.float64)

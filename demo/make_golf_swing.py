@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import pose_extract  # noqa: E402
-import video_io  # noqa: E402
+from common import video_io  # noqa: E402
 
 CANVAS = 512
 FPS = 30

@@ -3,7 +3,7 @@
     python demo/make_toy_source.py            # writes demo/golf_swing_toy.mp4 from demo/golf_swing.json
     python demo/make_toy_source.py --jacks    # writes demo/jumping_jacks.json and demo/jumping_jacks_toy.mp4
 
---jacks first writes the second motion of the benchmarks, toyworld.jumping_jacks on a 512 px
+--jacks first writes the second motion of the benchmarks, motions.jumping_jacks on a 512 px
 canvas at 24 fps, as a pose file, then renders it in its own look.
 
 One look (from --prompt) and one draw of the nuisances (from --seed) for every frame, as a real
@@ -18,8 +18,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import pose_extract  # noqa: E402
-import toyworld  # noqa: E402
-import video_io  # noqa: E402
+from common import video_io  # noqa: E402
+from toy import motions  # noqa: E402
+from toy import toyworld  # noqa: E402
 
 TOY_SOURCE_PROMPT = "a golfer in a blue shirt and white trousers, on a golf course"
 JACKS_PROMPT = "a person in a green shirt and black trousers, in a studio"
@@ -41,7 +42,7 @@ def main(argv=None):
         args.poses, args.out = os.path.join(HERE, "jumping_jacks.json"), os.path.join(HERE, "jumping_jacks_toy.mp4")
         args.prompt = JACKS_PROMPT if args.prompt == TOY_SOURCE_PROMPT else args.prompt
         pose_extract.write_poses(args.poses, pose_extract.PoseSequence(
-            toyworld.jumping_jacks(48, JACKS_CANVAS), (JACKS_CANVAS, JACKS_CANVAS), JACKS_FPS))
+            motions.jumping_jacks(48, JACKS_CANVAS), (JACKS_CANVAS, JACKS_CANVAS), JACKS_FPS))
     sequence = pose_extract.read_poses(args.poses)
     width, height = sequence.canvas_size
     fit = video_io.fit_params(width, height, args.size, args.size, "crop")

@@ -10,14 +10,14 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import models  # noqa: E402
 import pose_extract  # noqa: E402
-import video_io  # noqa: E402
+from common import video_io  # noqa: E402
+from loading import builtin  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    return models.build_tiny_pipeline()
+    return builtin.build_tiny_pipeline()
 
 
 def random_keypoints(rng, height, width, num_frames):

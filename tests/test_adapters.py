@@ -9,10 +9,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-import adapters
-import files
-import models
 import sdvideo
+from common import files
+from loading import adapters, builtin
 
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "3", "--max-frames", "2", "--quiet"]
 
@@ -31,7 +30,7 @@ def frame(out):
 def lora(tmp_path_factory):
     """A LoRA on the tiny UNet's attention projections with random (non-zero) weights, saved by
     diffusers' save_lora_weights -> its folder."""
-    pipe = models.build_tiny_pipeline()
+    pipe = builtin.build_tiny_pipeline()
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -47,7 +46,7 @@ def lora(tmp_path_factory):
 def embedding(tmp_path_factory):
     """A textual-inversion file for the token <golfer>, at the tiny text encoder's width."""
     path = tmp_path_factory.mktemp("embedding") / "golfer.safetensors"
-    save_file({"<golfer>": torch.randn(models.TINY_TEXT_DIM, generator=torch.Generator().manual_seed(1)) * 3}, path)
+    save_file({"<golfer>": torch.randn(builtin.TINY_TEXT_DIM, generator=torch.Generator().manual_seed(1)) * 3}, path)
     return path
 
 
@@ -100,7 +99,7 @@ def test_missing_weights_and_misfit_embeddings_are_one_line_errors(tmp_path, cap
     assert len(err.splitlines()) == 1 and not out.exists()
     if flag == "--embedding":
         narrow = tmp_path / "narrow.safetensors"
-        save_file({"<x>": torch.randn(models.TINY_TEXT_DIM // 2)}, narrow)
+        save_file({"<x>": torch.randn(builtin.TINY_TEXT_DIM // 2)}, narrow)
         code, out = run(tmp_path, "run", flag, str(narrow))
         err = capsys.readouterr().err.strip()
         assert code == 2 and "does not fit this base's text encoder" in err and len(err.splitlines()) == 1

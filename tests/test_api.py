@@ -1,4 +1,4 @@
-"""api.py: sdvideo.generate and sdvideo.load take the run command's settings as keywords, check
+"""cli/api.py: sdvideo.generate and sdvideo.load take the run command's settings as keywords, check
 them as the command does, and give the command's frames and record; the README's example runs."""
 import json
 import os

@@ -7,14 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import controls
-import models
-import pipeline
 import pose_extract
-import predict
 import sdvideo
+from common.errors import UserError
 from conftest import ROOT, random_keypoints
-from errors import UserError
+from loading import controls, models
+from loop import pipeline, predict
 
 DEMO = ["--video", f"{ROOT}/demo/golf_swing_poses.mp4", "--poses", f"{ROOT}/demo/golf_swing.json"]
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "3", "--max-frames", "3", "--quiet", *DEMO]

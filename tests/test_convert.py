@@ -9,7 +9,7 @@ from diffusers.pipelines.stable_diffusion.convert_from_ckpt import create_unet_d
 from safetensors.torch import load_file, save_file
 
 import convert_original_controlnet_to_diffusers as converter
-from errors import UserError
+from common.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = 1

@@ -10,10 +10,10 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny, EulerDiscreteScheduler
 
-import models
-import pipeline
 import sdvideo
 from conftest import ROOT
+from loading import builtin, models
+from loop import pipeline
 from test_pipeline import NEGATIVE, PROMPT, diffusers_frames, ours
 
 DEMO = ["--video", f"{ROOT}/demo/golf_swing_poses.mp4", "--poses", f"{ROOT}/demo/golf_swing.json"]
@@ -22,7 +22,7 @@ FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--max-frames", "3
 
 @pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
 def test_few_step_samplers_equal_diffusers_pipeline(pose_maps, scheduler):
-    pipe = models.build_tiny_pipeline()
+    pipe = builtin.build_tiny_pipeline()
     pipe.scheduler = models.make_scheduler(scheduler, pipe.scheduler)
     config = pipeline.GenerationConfig(prompt=PROMPT, negative_prompt=NEGATIVE, steps=4, guidance=1.0, seed=3,
                                        batch_size=2)
@@ -36,7 +36,7 @@ def test_few_step_samplers_equal_diffusers_pipeline(pose_maps, scheduler):
 @pytest.fixture(scope="module")
 def turbo_folder(tmp_path_factory):
     """The tiny model saved as a base folder with SD-Turbo's scheduler config (Euler, trailing)."""
-    pipe = models.build_tiny_pipeline()
+    pipe = builtin.build_tiny_pipeline()
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     folder = tmp_path_factory.mktemp("turbo")
     pipe.save_pretrained(folder / "base")

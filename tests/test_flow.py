@@ -1,9 +1,9 @@
-"""flow.py: DIS at a working size (small clips upscaled), and occlusion masks that shrink to latent
+"""loading/flow.py: DIS at a working size (small clips upscaled), and occlusion masks that shrink to latent
 size by dilation and max-pooling, against synthetic motion with a known answer."""
 import cv2
 import numpy as np
 
-import flow
+from loading import flow
 
 
 def moving_disc(size, shift, steps=3, radius_fraction=0.12):

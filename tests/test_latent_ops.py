@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler
 
 import latent_ops
 from conftest import assert_tensors_close
-from models import SD_SCHEDULE
+from loading.builtin import SD_SCHEDULE
 
 
 def randn(*shape, seed=0):

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import models
-import outputs
-import pipeline
-import predict
 import pose_extract
 import sdvideo
-import speed
-from conftest import ROOT
-from conftest import assert_tensors_close
-from pipeline import GenerationConfig
+from cli import outputs
+from conftest import ROOT, assert_tensors_close
+from loading import models, speed
+from loop import pipeline, predict
+from loop.pipeline import GenerationConfig
 
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet", "--batch-size", "16"]
 
@@ -140,7 +137,7 @@ def embedded_rows(pipe):
 
 @pytest.mark.parametrize("cross_frame", [False, True])
 def test_control_embedding_is_computed_once_per_frame_with_the_same_result(pose_maps, cross_frame):
-    import planners
+    from loop import planners
 
     config = GenerationConfig(prompt="a golfer", steps=3, batch_size=2)
     every_step = models.load_pipeline(models.ModelSpec(model="tiny", device="cpu", reuse_control_embedding=False))
@@ -215,7 +212,9 @@ def test_resume_refuses_a_pose_file_whose_content_changed_under_the_same_name(tm
 KILL_MID_WRITE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import files, sdvideo, video_io
+import sdvideo
+from common import files
+from common import video_io
 real = video_io.write_png
 def write_png(path, image):
     if path.endswith(os.path.join("frames", "00003.png")):  # the fourth frame: its temporary written, then death

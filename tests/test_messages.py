@@ -11,8 +11,7 @@ OTHER_TOOLS = {"--help": "argparse's own", "--no-deps": "pip's", "--write_json":
 
 
 def project_files():
-    return [p for p in glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
-            + glob.glob(os.path.join(ROOT, "demo", "*.py"))]
+    return glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "*", "*.py"))
 
 
 def strings_in(node):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import metrics
 import sdvideo
 from conftest import ROOT
+from measure import metrics
 
 
 def texture(height=64, width=96, seed=0):
@@ -62,9 +62,9 @@ def tiny_clip(tmp_path_factory):
     """A random-weight CLIP saved as a folder, loaded like a real one."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    import models
+    from loading import builtin
 
-    tokenizer = models.build_tiny_tokenizer()
+    tokenizer = builtin.build_tiny_tokenizer()
     config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
                                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -157,7 +157,7 @@ def test_metrics_read_the_lossless_source_frames(finished_run):
     frames = metrics.read_pngs(str(finished_run), "source")
     assert np.array_equal(source, frames) and source.shape == (4, 64, 64, 3)
     # the video's frames themselves, as the run read them (no second lossy encoding)
-    import video_io
+    from common import video_io
 
     decoded = video_io.read_video(str(finished_run.parent / "clip.mp4"), list(range(4)), 64, 64, "crop")
     assert np.array_equal(source, np.stack(decoded))

@@ -7,15 +7,15 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 import convert_original_controlnet_to_diffusers as converter
-import files
-import models
-import pipeline
-from errors import UserError
+from common import files
+from common.errors import UserError
+from loading import builtin, models
+from loop import pipeline
 from test_convert import config_path, outputs, reference  # noqa: F401  (fixtures)
 
 
 def test_tiny_model_is_deterministic_and_sd_shaped():
-    a, b = models.build_tiny_pipeline(), models.build_tiny_pipeline()
+    a, b = builtin.build_tiny_pipeline(), builtin.build_tiny_pipeline()
     for name in ("unet", "controlnet", "vae", "text_encoder"):
         for (key, pa), pb in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
             assert torch.equal(pa, pb), (name, key)
@@ -38,7 +38,7 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    models.build_tiny_pipeline()
+    builtin.build_tiny_pipeline()
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -50,7 +50,7 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
 def test_schedulers_keep_the_base_config(name, cls):
     from diffusers import DDIMScheduler
 
-    shipped = models.build_tiny_pipeline("v_prediction").scheduler.config  # a folder's, with SD-Turbo's spacing
+    shipped = builtin.build_tiny_pipeline("v_prediction").scheduler.config  # a folder's, with SD-Turbo's spacing
     loaded = DDIMScheduler.from_config(shipped, timestep_spacing="trailing")
     scheduler = models.make_scheduler(name, loaded)
     assert type(scheduler).__name__ == cls
@@ -72,7 +72,7 @@ def test_hub_ids_and_paths_are_told_apart():
 
 def tiny_base_folder(folder):
     """The tiny pipeline saved with a UNet whose blocks fit the tiny ControlLDM yaml's ControlNet."""
-    pipe = models.build_tiny_pipeline()
+    pipe = builtin.build_tiny_pipeline()
     torch.manual_seed(0)
     pipe.unet = UNet2DConditionModel(
         sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
@@ -126,9 +126,9 @@ def test_a_controlnet_for_another_base_is_refused_before_any_weights_load(tmp_pa
 
     import sdvideo
 
-    pipe = models.build_tiny_pipeline()
+    pipe = builtin.build_tiny_pipeline()
     pipe.save_pretrained(str(tmp_path / "base"))
-    wider = dict(pipe.controlnet.config, cross_attention_dim=2 * models.TINY_TEXT_DIM)  # another text encoder's
+    wider = dict(pipe.controlnet.config, cross_attention_dim=2 * builtin.TINY_TEXT_DIM)  # another text encoder's
     ControlNetModel.from_config(wider).save_pretrained(str(tmp_path / "other"))
     for weights in glob.glob(str(tmp_path / "**" / "*.safetensors"), recursive=True):
         with open(weights, "wb") as f:  # loading any weights would fail differently

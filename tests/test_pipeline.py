@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-import models
-import pipeline
 from conftest import assert_tensors_close
-from pipeline import GenerationConfig, Technique
+from loading import builtin, models
+from loop import pipeline
+from loop.pipeline import GenerationConfig, Technique
 
 PROMPT, NEGATIVE = "a golfer", "blurry"
 
@@ -51,7 +51,7 @@ def test_independent_noise_equals_diffusers_per_frame_for_any_batch_size(tiny_pi
 @pytest.mark.parametrize("scheduler, prediction", [("euler-a", "epsilon"), ("dpm++", "v_prediction"),
                                                    ("ddim", "v_prediction")])
 def test_matches_diffusers_with_other_schedulers_and_v_prediction(pose_maps, config, scheduler, prediction):
-    pipe = models.build_tiny_pipeline(prediction)
+    pipe = builtin.build_tiny_pipeline(prediction)
     pipe.scheduler = models.make_scheduler(scheduler, pipe.scheduler)
     assert pipe.scheduler.config.prediction_type == prediction
     config.batch_size = 2
@@ -127,7 +127,7 @@ def test_half_precision_frames_equal_diffusers_when_half_draws_differ_from_float
         return real_randn(*size, generator=generator, dtype=dtype, **kwargs)
 
     monkeypatch.setattr(torch, "randn", half_draw_of_its_own)
-    pipe = models.build_tiny_pipeline().to(dtype=dtype)
+    pipe = builtin.build_tiny_pipeline().to(dtype=dtype)
     config.batch_size = 3
     generators = pipeline.frame_generators(config.seed, range(3))
     drawn = pipeline.NOISE["independent"](generators, pipeline.latent_shape(pipe, 64, 96), dtype)

@@ -6,13 +6,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
 import latent_ops
-import pipeline
-import planners
 import pose_extract
-import predict
-from attention import TrajectoryAttnProcessor, trajectory_attention
 from conftest import assert_tensors_close, random_keypoints
-from pipeline import GenerationConfig
+from loop import pipeline, planners, predict
+from loop.attention import TrajectoryAttnProcessor, trajectory_attention
+from loop.pipeline import GenerationConfig
 
 STEPS = 3
 
@@ -227,7 +225,7 @@ def test_token_merging_attends_over_fewer_tokens_and_restores_every_frame(tiny_p
         lengths.append((chunk.shape[1], chunk.shape[2], out.shape))
         return out
 
-    import attention
+    from loop import attention
 
     real_attend = attention._attend
     attended = []

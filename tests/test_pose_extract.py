@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import pose_extract
-from errors import UserError
+from common.errors import UserError
 from pose_extract import COLORS, PoseSequence, draw_openpose, read_poses, write_poses
 
 

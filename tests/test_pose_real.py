@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import pose_extract
-import video_io
+from common import video_io
 
 mp_pose = pytest.importorskip("mediapipe.python.solutions.pose", reason="pip install --no-deps -r requirements-mediapipe.txt")
 

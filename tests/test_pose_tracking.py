@@ -7,13 +7,12 @@ import types
 import numpy as np
 import pytest
 
-import detectors
 import pose_extract
 import sdvideo
+from common.errors import UserError
 from conftest import make_video
-from errors import UserError
-import pose_tracking
-from pose_tracking import CleanUp
+from poses import detectors, pose_tracking
+from poses.pose_tracking import CleanUp
 
 
 def test_mediapipe_landmarks_map_to_coco18():

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-import registry
 from conftest import ROOT
+from loop import registry
 
 
 @pytest.fixture

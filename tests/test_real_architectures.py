@@ -16,8 +16,8 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiff
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel
 
-import models
 import sdvideo
+from loading import builtin, models
 
 # stabilityai/stable-diffusion-2-1(-base) unet/config.json and thibaud's SD2.1 OpenPose ControlNet
 BLOCKS = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
@@ -59,7 +59,7 @@ def real_folders(request, tmp_path_factory):
     """(base folder, ControlNet folder) of a random-weight SD variant."""
     variant = VARIANTS[request.param]
     blocks, text = variant.get("blocks", BLOCKS), variant.get("text", TEXT)
-    tokenizer = models.build_tiny_tokenizer()
+    tokenizer = builtin.build_tiny_tokenizer()
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=variant["sample_size"], upcast_attention=variant["upcast_attention"],
                                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **blocks)
@@ -75,7 +75,7 @@ def real_folders(request, tmp_path_factory):
         materialise(module, seed)
     pipe = StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=DDIMScheduler(prediction_type=variant["prediction_type"], **models.SD_SCHEDULE),
+        scheduler=DDIMScheduler(prediction_type=variant["prediction_type"], **builtin.SD_SCHEDULE),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     folder = tmp_path_factory.mktemp(request.param)
     pipe.save_pretrained(str(folder / "base"))  # the ControlNet goes into base/controlnet

@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pytest
 
-import pipeline
 import sdvideo
-import video_io
+from common import video_io
 from conftest import ROOT, make_video
+from loop import pipeline
 
 FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--quiet"]
 
@@ -243,7 +243,7 @@ def test_bad_technique_flags_fail_with_one_line(tmp_path, capsys, flags, message
 def test_residuals_of_another_size_are_refused(tmp_path, capsys):
     import torch
 
-    import sources
+    from loading import sources
 
     bank = str(tmp_path / "bank.safetensors")
     sources.save_bank(bank, torch.zeros(3, 4, 8, 8))
@@ -252,7 +252,7 @@ def test_residuals_of_another_size_are_refused(tmp_path, capsys):
 
 
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_writes(tmp_path, capsys):
-    import outputs
+    from cli import outputs
 
     out = tmp_path / "run"
     first = outputs.RunFolder(str(out), False, settings={})
@@ -271,7 +271,7 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_writes(tmp_path
 
 
 def test_a_run_never_replaces_a_result_published_meanwhile_without_overwrite(tmp_path):
-    import outputs
+    from cli import outputs
 
     out = tmp_path / "run"
     late = outputs.RunFolder(str(out), False, settings={})

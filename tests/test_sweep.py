@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import sdvideo
-import sweep
 from conftest import ROOT
+from measure import sweep
 
 CONFIG = """
 out: {out}
@@ -51,7 +51,7 @@ def test_plan_covers_settings_and_grid_with_flags():
 def test_false_turns_off_a_flag_that_is_on_by_default_and_the_list_of_those_is_complete():
     import argparse
 
-    import run
+    from cli import run
 
     assert sweep.to_flags({"grid": 2, "grid_shuffle": False, "overwrite": False, "init_from_source": True}) == [
         "--grid", "2", "--no-grid-shuffle", "--init-from-source"]
@@ -207,7 +207,7 @@ def test_sweep_files_with_wrong_types_or_keys_are_one_line_errors(tmp_path, caps
 
 
 def test_the_trade_off_plot_keeps_labels_apart_and_marks_the_pareto_front(tmp_path):
-    import report
+    from measure import report
 
     rng = np.random.default_rng(0)
     rows = [{"run": f"swing-setting-number-{i}", "seconds_per_frame": float(0.1 + 0.02 * rng.random()),

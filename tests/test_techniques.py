@@ -7,19 +7,15 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-import indices
 import latent_ops
-import models
-import pipeline
-import planners
 import pose_extract
-import registry
-import sources
-import techniques as tq
-from attention import CrossFrameAttnProcessor
 from conftest import assert_tensors_close, random_keypoints
-from keyframes import KeyframePlan
-from pipeline import GenerationConfig, Technique
+from loading import builtin, sources
+from loop import flow_fusion, indices, pipeline, planners, registry
+from loop import techniques as tq
+from loop.attention import CrossFrameAttnProcessor
+from loop.keyframes import KeyframePlan
+from loop.pipeline import GenerationConfig, Technique
 
 STEPS = 4
 
@@ -104,7 +100,7 @@ def test_cross_frame_attention_wraps_the_chosen_backend_and_is_undone(clip):
     maps, _ = clip
     results = {}
     for backend in (AttnProcessor, AttnProcessor2_0):  # own pipelines: the session's tiny_pipe stays as it is
-        pipe = models.build_tiny_pipeline()
+        pipe = builtin.build_tiny_pipeline()
         pipe.unet.set_attn_processor(backend())
         pipe.controlnet.set_attn_processor(backend())
         technique = planners.CrossFrameAttention("anchor")
@@ -151,7 +147,7 @@ def test_flow_fusion_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_p
     maps, _ = clip
     flows, masks = torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8)
     plain, _ = generate(tiny_pipe, maps)
-    nothing, _ = generate(tiny_pipe, maps, [tq.FlowFusion(0.8, range(1), range(1, STEPS), flows, torch.zeros(4, 1, 8, 8))])
+    nothing, _ = generate(tiny_pipe, maps, [flow_fusion.FlowFusion(0.8, range(1), range(1, STEPS), flows, torch.zeros(4, 1, 8, 8))])
     assert_tensors_close(nothing, plain)  # no reliable pixel: no change
 
     def neighbour_gap(latents):
@@ -159,7 +155,7 @@ def test_flow_fusion_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_p
 
     for x0_steps, latent_steps in ((range(1), range(1, STEPS)), (range(0), range(STEPS)), (range(2), range(0))):
         for reference in ("previous", "first"):
-            fused, _ = generate(tiny_pipe, maps, [tq.FlowFusion(1.0, x0_steps, latent_steps, flows, masks, reference)])
+            fused, _ = generate(tiny_pipe, maps, [flow_fusion.FlowFusion(1.0, x0_steps, latent_steps, flows, masks, reference)])
             assert neighbour_gap(fused) < 0.5 * neighbour_gap(plain), (x0_steps, latent_steps, reference)
 
 
@@ -178,7 +174,7 @@ def test_one_latent_fusion_step_never_moves_a_frame_away_from_its_warped_referen
     masks = (torch.rand(count - 1, 1, 8, 8, generator=generator) > 0.3).float()
     latents = torch.randn(count, 4, 8, 8, generator=generator)
     for reference in ("previous", "first"):
-        fusion = tq.FlowFusion(0.6, range(0), range(1), flows, masks, reference)
+        fusion = flow_fusion.FlowFusion(0.6, range(0), range(1), flows, masks, reference)
         fusion.setup(SimpleNamespace(frame_ids=list(range(count))))
         fused = fusion.after_step(0, None, latents, torch.zeros_like(latents), torch.ones(count, dtype=torch.bool))
         for j in range(1, count):
@@ -194,12 +190,12 @@ def test_one_latent_fusion_step_never_moves_a_frame_away_from_its_warped_referen
 def test_flow_fusion_chains_the_flow_to_a_reference_not_in_the_pass():
     """A keyframe pass over clip frames 0, 2, 4: frame 2's reference is frame 0 through two flows."""
     flows, masks = _shift(4, 6, 6, 1.0, 0.0), torch.ones(4, 1, 6, 6)
-    fusion = tq.FlowFusion(1.0, range(0), range(1), flows, masks, "previous")
+    fusion = flow_fusion.FlowFusion(1.0, range(0), range(1), flows, masks, "previous")
     fusion.setup(SimpleNamespace(frame_ids=[0, 2, 4]))
     flow, mask = fusion.ref_flows[1]
     assert fusion.references == {1: 0, 2: 1}
     assert_tensors_close(flow[..., :4, 0], torch.full((1, 6, 4), 2.0))  # two 1-px shifts (the border clamps)
-    first = tq.FlowFusion(1.0, range(0), range(1), flows, masks, "first")
+    first = flow_fusion.FlowFusion(1.0, range(0), range(1), flows, masks, "first")
     first.setup(SimpleNamespace(frame_ids=[0, 2, 4]))
     assert first.references == {1: 0, 2: 0}
     assert_tensors_close(first.ref_flows[2][0][..., :2, 0], torch.full((1, 6, 2), 4.0))
@@ -209,7 +205,7 @@ def test_every_technique_together(tiny_pipe, clip):
     maps, source = clip
     found = [tq.StartFromLatents(source, 0.75), tq.Copy(1, "anchor"), tq.LatentDifferences(range(1, 3), 1.0, source, "stats"),
              tq.Blend(range(2, 3), 0.2, "previous"), planners.CrossFrameAttention("anchor+previous"),
-             tq.FlowFusion(0.5, range(0, 1), range(1, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
+             flow_fusion.FlowFusion(0.5, range(0, 1), range(1, 2), torch.zeros(4, 8, 8, 2), torch.ones(4, 1, 8, 8))]
     latents, stats = generate(tiny_pipe, maps, found, keyframes=KeyframePlan(2, 0.5, source, "stats"), noise="fixed")
     plain, plain_stats = generate(tiny_pipe, maps, noise="fixed")
     assert torch.isfinite(latents).all()
@@ -237,7 +233,7 @@ def test_residual_bank_round_trip(tmp_path):
 
 
 def test_the_registry_knows_each_technique_once_and_presets_name_real_fields():
-    import run
+    from cli import run
 
     names = [cls.name for cls in registry.TECHNIQUES] + [KeyframePlan.name]
     assert len(set(names)) == len(names)

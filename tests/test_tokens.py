@@ -1,8 +1,8 @@
-"""tokens.py: ToMe's bipartite soft matching in StreamV2V's and VidToMe's forms, on cases with a
+"""loop/tokens.py: ToMe's bipartite soft matching in StreamV2V's and VidToMe's forms, on cases with a
 known answer."""
 import torch
 
-import tokens
+from loop import tokens
 
 
 def test_random_merging_shrinks_to_the_target_and_averages_a_token_into_its_twin():

@@ -4,15 +4,13 @@ follows poses it never saw, and the prompt's shirt colour is drawn on the torso.
 import numpy as np
 import pytest
 
-import flow
-import metrics
-import models
-import pipeline
 import pose_extract
-import toy_metrics
-import toyworld
-import video_io
+from common import video_io
 from conftest import ROOT
+from loading import flow, models
+from loop import pipeline
+from measure import metrics
+from toy import looks, motions, toy_metrics, toyworld
 
 STEPS = 20
 FRAMES = slice(24, 48)  # the swing's backswing to follow-through: the most motion
@@ -41,7 +39,7 @@ def frames_of(pipe, maps, prompt, techniques=(), **config):
 
 
 def test_fixed_noise_is_steadier_than_independent_and_copying_steadier_still(toy_pipe, swing):
-    import techniques
+    from loop import techniques
 
     maps, keypoints, source = swing
     prompt = "a golfer in a red shirt and black trousers, on a golf course"
@@ -58,9 +56,9 @@ def test_fixed_noise_is_steadier_than_independent_and_copying_steadier_still(toy
 
 
 def test_the_figure_follows_poses_never_seen_in_training(toy_pipe):
-    poses = toyworld.heldout_poses(12)
+    poses = motions.heldout_poses(12)
     maps = np.stack([pose_extract.draw_openpose(k, toyworld.SIZE, toyworld.SIZE) for k in poses])
-    prompt = toyworld.Look("blue", "white", "studio").prompt("a person")
+    prompt = looks.Look("blue", "white", "studio").prompt("a person")
     frames = frames_of(toy_pipe, maps, prompt)
     assert toy_metrics.pose_iou(frames, poses, prompt) > 0.55  # 0.64 when committed
     shuffled = toy_metrics.pose_iou(frames, poses[::-1], prompt)  # the same pictures against other poses
@@ -69,9 +67,9 @@ def test_the_figure_follows_poses_never_seen_in_training(toy_pipe):
 
 @pytest.mark.parametrize("shirt", ["red", "yellow", "black"])
 def test_the_prompts_shirt_colour_is_drawn_on_the_torso(toy_pipe, shirt):
-    poses = toyworld.heldout_poses(8)
+    poses = motions.heldout_poses(8)
     maps = np.stack([pose_extract.draw_openpose(k, toyworld.SIZE, toyworld.SIZE) for k in poses])
-    prompt = toyworld.Look(shirt, "white" if shirt != "white" else "black", "golf course").prompt("a golfer")
+    prompt = looks.Look(shirt, "white" if shirt != "white" else "black", "golf course").prompt("a golfer")
     assert toy_metrics.color_accuracy(frames_of(toy_pipe, maps, prompt, seed=3), poses, prompt) >= 0.875  # 1.0
 
 
@@ -82,8 +80,8 @@ def test_the_peers_techniques_do_what_they_are_for(toy_pipe, swing):
     in BENCHMARKS.md)."""
     from types import SimpleNamespace
 
-    import planners
-    from sources import Sources
+    from loading.sources import Sources
+    from loop import planners
 
     maps, keypoints, source = swing
     prompt = "a golfer in a red shirt and black trousers, on a golf course"
@@ -110,18 +108,18 @@ def test_flow_fusion_steadies_the_clip_and_keeps_the_pose(toy_pipe, swing):
     noise without it, on independent noise by far, and still on the pose."""
     from types import SimpleNamespace
 
-    import techniques
-    from indices import parse_step_range
-    from sources import Sources
+    from loading.sources import Sources
+    from loop import flow_fusion
+    from loop.indices import parse_step_range
 
     maps, keypoints, source = swing
     prompt = "a golfer in a red shirt and black trousers, on a golf course"
     flows, masks = Sources(None, toy_pipe, SimpleNamespace(source_frames=source)).flows()
-    steps = [parse_step_range(s, STEPS) for s in (techniques.FLOW_X0_STEPS, techniques.FLOW_LATENT_STEPS)]
+    steps = [parse_step_range(s, STEPS) for s in (flow_fusion.FLOW_X0_STEPS, flow_fusion.FLOW_LATENT_STEPS)]
     motion = flow.backward_flows(source)
     for noise, margin in (("independent", 0.5), ("fixed", 0.95)):
         plain = frames_of(toy_pipe, maps, prompt, noise=noise)
-        fused = frames_of(toy_pipe, maps, prompt, [techniques.FlowFusion(0.5, *steps, flows, masks)], noise=noise)
+        fused = frames_of(toy_pipe, maps, prompt, [flow_fusion.FlowFusion(0.5, *steps, flows, masks)], noise=noise)
         # measured on the whole swing: independent 0.0053 -> 0.0006, fixed 0.0004 -> 0.0003
         assert metrics.warping_error(fused, source, motion) < margin * metrics.warping_error(plain, source, motion)
         assert toy_metrics.pose_iou(fused, keypoints, prompt) > toy_metrics.pose_iou(plain, keypoints, prompt) - 0.02

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import pose_extract
-import toy_metrics as tm
-import toyworld as tw
+from toy import looks, motions
+from toy import toy_metrics as tm
+from toy import toyworld as tw
 
 
 @pytest.fixture(scope="module")
@@ -15,20 +16,20 @@ def swing():
 
 
 def test_prompt_words_set_shirt_trousers_and_background():
-    look = tw.parse_prompt("A woman in a Yellow shirt and white pants, on a beach at noon")
-    assert look == tw.Look("yellow", "white", "beach")
-    assert tw.parse_prompt("a golfer at night", tw.Look("red", "blue", "studio")) == tw.Look("red", "blue", "night",
+    look = looks.parse_prompt("A woman in a Yellow shirt and white pants, on a beach at noon")
+    assert look == looks.Look("yellow", "white", "beach")
+    assert looks.parse_prompt("a golfer at night", looks.Look("red", "blue", "studio")) == looks.Look("red", "blue", "night",
                                                                                              golfer=True)
-    for look in (tw.Look(s, t, b, g) for s in tw.COLORS for t in ("black", "green") for b in tw.BACKGROUNDS
+    for look in (looks.Look(s, t, b, g) for s in looks.COLORS for t in ("black", "green") for b in looks.BACKGROUNDS
                  for g in (False, True)):
-        assert tw.parse_prompt(look.prompt("a golfer" if look.golfer else "a man")) == look  # training prompts read back
+        assert looks.parse_prompt(look.prompt("a golfer" if look.golfer else "a man")) == look  # training prompts read back
 
 
 def test_the_mask_follows_the_pose_and_ignores_the_nuisances(swing):
-    look = tw.Look("red", "black", "golf course")
-    plain, mask = tw.render(swing[0], look, tw.Nuisance())
-    busy, busy_mask = tw.render(swing[0], look, tw.Nuisance(texture="clouds", light=1.15, shadow=0.25, cap=1))
-    _, moved_mask = tw.render(swing[40], look, tw.Nuisance())
+    look = looks.Look("red", "black", "golf course")
+    plain, mask = tw.render(swing[0], look, looks.Nuisance())
+    busy, busy_mask = tw.render(swing[0], look, looks.Nuisance(texture="clouds", light=1.15, shadow=0.25, cap=1))
+    _, moved_mask = tw.render(swing[40], look, looks.Nuisance())
     assert np.abs(busy.astype(int) - plain.astype(int)).mean() > 5  # the nuisances change the picture
     assert tm.iou(mask, busy_mask) > 0.95  # ... not the figure (a cap adds its peak)
     assert tm.iou(mask, moved_mask) < 0.8  # another pose, another figure
@@ -44,14 +45,14 @@ def test_a_source_clip_keeps_one_look_and_one_nuisance_draw(swing):
 
 def test_random_poses_are_plausible_and_the_held_out_set_is_fixed():
     rng = np.random.default_rng(0)
-    poses = np.stack([tw.random_pose(rng) for _ in range(200)])
+    poses = np.stack([motions.random_pose(rng) for _ in range(200)])
     body = poses[:, :14]
     assert (body[..., 2] == 1).all()  # body joints always present; only face joints may hide
     assert (body[..., :2] > -8).all() and (body[..., :2] < tw.SIZE + 8).all()
     lengths = np.linalg.norm(poses[:, 1, :2] - (poses[:, 8, :2] + poses[:, 11, :2]) / 2, axis=-1)
     assert 9 < lengths.min() and lengths.max() < 20  # torso 0.3 of a 0.55-0.9 picture-high figure
-    held = tw.heldout_poses(4)
-    assert np.array_equal(held, tw.heldout_poses(4))
+    held = motions.heldout_poses(4)
+    assert np.array_equal(held, motions.heldout_poses(4))
     assert min(np.abs(held[i] - p).max() for i in range(4) for p in poses) > 1.0
 
 
@@ -62,10 +63,10 @@ def swing2():
 
 
 def test_toy_world_2_draws_a_club_for_a_golfer_only(swing2):
-    golfer, person = tw.Look("red", "black", "golf course", golfer=True), tw.Look("red", "black", "golf course")
+    golfer, person = looks.Look("red", "black", "golf course", golfer=True), looks.Look("red", "black", "golf course")
     for frame in (0, 28, 44):
-        with_club, club_mask = tw.render(swing2[frame], golfer, tw.Nuisance(), tw.SIZE2)
-        without, mask = tw.render(swing2[frame], person, tw.Nuisance(), tw.SIZE2)
+        with_club, club_mask = tw.render(swing2[frame], golfer, looks.Nuisance(), tw.SIZE2)
+        without, mask = tw.render(swing2[frame], person, looks.Nuisance(), tw.SIZE2)
         extra = club_mask & ~mask
         assert 15 < extra.sum() < 0.1 * mask.sum()  # a thin shaft and a head, nothing else changes
         near_club = cv2.dilate(club_mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -74,13 +75,13 @@ def test_toy_world_2_draws_a_club_for_a_golfer_only(swing2):
         assert np.linalg.norm(end - grip) == pytest.approx(tw.SLIM.club * tw.torso_length(swing2[frame]), rel=1e-6)
     half = swing2[28].copy()
     half[:, :2] *= tw.SIZE / tw.SIZE2
-    first_world, _ = tw.render(half, golfer, tw.Nuisance(), tw.SIZE)
-    plain, _ = tw.render(half, person, tw.Nuisance(), tw.SIZE)
+    first_world, _ = tw.render(half, golfer, looks.Nuisance(), tw.SIZE)
+    plain, _ = tw.render(half, person, looks.Nuisance(), tw.SIZE)
     assert np.array_equal(first_world, plain)  # the 64 px world draws no club (its model never saw one)
 
 
 def test_the_club_continues_the_forearms_from_the_hands():
-    pose = tw.heldout_poses(1, tw.SIZE2)[0].copy()
+    pose = motions.heldout_poses(1, tw.SIZE2)[0].copy()
     pose[tw.L_ELB, :2], pose[tw.L_WRI, :2] = (60, 60), (70, 70)  # the left forearm points down-right
     pose[tw.R_WRI, :2] = (20, 20)  # the right hand far away: the left (lead) hand holds the club
     grip, end = tw.club_line(pose, tw.SLIM)
@@ -98,7 +99,7 @@ def test_the_club_continues_the_forearms_from_the_hands():
 
 def test_toy_world_2_limbs_are_thin_and_the_arm_mask_is_the_arms_alone(swing2):
     pose = swing2[18]
-    _, figure = tw.render(pose, tw.Look(background="studio"), tw.Nuisance(), tw.SIZE2)
+    _, figure = tw.render(pose, looks.Look(background="studio"), looks.Nuisance(), tw.SIZE2)
     arms = tw.limb_mask(pose, tw.ARMS, tw.SIZE2)
     assert arms.sum() > 0 and (arms & ~figure).sum() == 0  # inside the figure
     forearm = tw.limb_mask(pose, ((tw.L_ELB, tw.L_WRI),), tw.SIZE2)
@@ -109,4 +110,4 @@ def test_toy_world_2_limbs_are_thin_and_the_arm_mask_is_the_arms_alone(swing2):
 
 
 def test_toy_world_2_held_out_poses_scale_with_the_picture():
-    assert np.allclose(tw.heldout_poses(3, tw.SIZE2)[..., :2], 2 * tw.heldout_poses(3, tw.SIZE)[..., :2], atol=1e-4)
+    assert np.allclose(motions.heldout_poses(3, tw.SIZE2)[..., :2], 2 * motions.heldout_poses(3, tw.SIZE)[..., :2], atol=1e-4)

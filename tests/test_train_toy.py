@@ -1,4 +1,4 @@
-"""train_toy.py: every stage runs, an interrupted run resumes to the same weights, the result loads."""
+"""toy/train_toy.py: every stage runs, an interrupted run resumes to the same weights, the result loads."""
 import os
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import models
-import pipeline
-import train_toy
+from loading import builtin, models
+from loop import pipeline
+from toy import batches, train_toy
 
 # toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
 # steps train on a 2x2 grid (256 px)
@@ -41,7 +41,7 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
 
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    pipe = models.load_toy_pipeline(str(resumed))
+    pipe = builtin.load_toy_pipeline(str(resumed))
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size == 16  # SD's ratio
     assert pipe.unet.config.down_block_types[0] == "CrossAttnDownBlock2D"  # attention at the latent resolution
     maps = np.zeros((2, 128, 128, 3), np.uint8)
@@ -51,7 +51,7 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
 
 def test_a_missing_toy_model_is_a_user_error(tmp_path):
     with pytest.raises(models.UserError, match="make toy-model"):
-        models.load_toy_pipeline(str(tmp_path / "nothing"))
+        builtin.load_toy_pipeline(str(tmp_path / "nothing"))
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
@@ -62,8 +62,8 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_grid_batches_tile_one_look_in_four_poses():
-    swing = train_toy.swing_poses(128)
-    images, masks, maps, prompts = train_toy.batch(np.random.default_rng(0), 2, swing, 128, grid=2)
+    swing = batches.swing_poses(128)
+    images, masks, maps, prompts = batches.batch(np.random.default_rng(0), 2, swing, 128, grid=2)
     assert images.shape == (2, 3, 256, 256) and maps.shape == (2, 3, 256, 256) and masks.shape == (2, 256, 256)
     quarters = [maps[0, :, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128)]
     assert all(q.sum() > 0 for q in quarters)  # a pose in every cell

@@ -4,9 +4,9 @@ import av
 import numpy as np
 import pytest
 
-import video_io
+from common import video_io
+from common.errors import UserError
 from conftest import make_video
-from errors import UserError
 
 
 def test_written_video_is_h264_yuv420p_with_every_frame(tmp_path):

@@ -1,0 +1,332 @@
+"""Train the toy world's model: SD + ControlNet-OpenPose in miniature, on diffusers classes only.
+
+    python -m toy.train_toy        # (or `make toy-model`) -> toy_model/, resumable from toy_train/
+
+The recipe is the one that made SD 2.1 + ControlNet, shrunk: (1) an AutoencoderKL trained to
+reconstruct toyworld pictures (toy world 2, ``--size 128``: downsamples by 8 to 16x16x4 latents,
+SD's ratio, with SD's patch discriminator from half-way; the first world, ``--size 64``: by 4);
+(2) a UNet2DConditionModel and a CLIPTextModel (the project's byte-level tokenizer) trained
+together on (picture, prompt) with no pose input, the prompt dropped 10% of the time so that
+classifier-free guidance works; at 128 px the UNet has self- and cross-attention at the latent
+resolution, as SD's first level has; (3) ``ControlNetModel.from_unet`` trained on OpenPose maps
+drawn by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen. At 128 px every
+``--grid-every``-th UNet and ControlNet step trains on 2x2 grids of full-size frames (one look,
+four poses, 256 px pictures), the pictures RAVE's grids make (RAVE keeps each frame at full size).
+Every stage is seeded, shows a progress bar, checkpoints to ``--work`` and resumes from there;
+the result is one ``StableDiffusionControlNetPipeline.save_pretrained`` folder (safetensors). The
+batches (pictures, masks, pose maps, prompts, grids) are batches.py's.
+"""
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler,
+                       StableDiffusionControlNetPipeline, UNet2DConditionModel)
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from common import files
+from loading import builtin
+from toy import batches, toyworld
+
+log = logging.getLogger("train_toy")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+TEXT_DIM = 64
+MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
+STAGES = ("vae", "unet", "controlnet")
+DISC_WEIGHT = 0.5  # SD's autoencoder (taming's LPIPSWithDiscriminator): adaptive weight times this
+DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, as SD's disc_start
+
+
+def build_models(tokenizer, size):
+    """The untrained VAE, text encoder and UNet for pictures of ``size`` px (seeded by the caller)."""
+    levels = 4 if size >= toyworld.SIZE2 else 3  # an 8x VAE for toy world 2, 4x for the first
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        block_out_channels=(16, 32, 64, 64)[:levels], norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, sample_size=size)
+    # toy world 2: attention at the latent resolution and half of it (SD's first two levels);
+    # the first world had it at half and a quarter
+    down = (("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if levels == 4 else
+            ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"))
+    up = tuple({"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}[d] for d in reversed(down))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=builtin.TINY_MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=TEXT_DIM))
+    unet = UNet2DConditionModel(
+        sample_size=size // 2 ** (levels - 1), in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=16, cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8, use_linear_projection=True, down_block_types=down, up_block_types=up)
+    return vae, text_encoder, unet
+
+
+def make_controlnet(unet, vae):
+    """ControlNet from the UNet; its hint encoder downsamples as the VAE does (SD's: 4 entries, 8x)."""
+    levels = len(vae.config.block_out_channels)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128)[:levels])
+
+
+class Discriminator(torch.nn.Module):
+    """A PatchGAN critic (pix2pix's NLayerDiscriminator, as SD's autoencoder used), trained from
+    scratch: (B, 3, H, W) in [-1, 1] -> logits (B, 1, H/4 - 2, W/4 - 2)."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        act = torch.nn.LeakyReLU(0.2)
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 4, 2, 1), act,
+            torch.nn.Conv2d(width, 2 * width, 4, 2, 1), torch.nn.GroupNorm(8, 2 * width), act,
+            torch.nn.Conv2d(2 * width, 2 * width, 4, 1, 1), torch.nn.GroupNorm(8, 2 * width), act,
+            torch.nn.Conv2d(2 * width, 1, 4, 1, 1))
+
+    def forward(self, images):
+        return self.layers(images)
+
+
+def grid_of(step, args):
+    """The grid a UNet/ControlNet step trains on: 2 every --grid-every steps (toy world 2), else 1."""
+    return 2 if args.size >= toyworld.SIZE2 and args.grid_every and step % args.grid_every == args.grid_every - 1 else 1
+
+
+def encode_text(tokenizer, text_encoder, prompts):
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+class Stage:
+    """One training stage's loop state: model(s) trained, optimiser, step, data RNG; saved and
+    restored as one checkpoint file so that an interrupted run resumes exactly."""
+
+    def __init__(self, name, work, params, lr, steps, config):
+        self.name, self.steps, self.step, self.config = name, steps, 0, config
+        self.path = os.path.join(work, f"{name}.pt")
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        warmup = max(1, steps // 50)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        self.rng = np.random.default_rng([STAGES.index(name), 0])
+
+    def save(self, modules):
+        state = {"config": self.config, "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "modules": {k: m.state_dict() for k, m in modules.items()}}
+        with files.atomic_path(self.path) as temp:
+            torch.save(state, temp)
+
+    def load(self, modules):
+        if not os.path.isfile(self.path):
+            return False
+        state = torch.load(self.path, weights_only=False)
+        if state.get("config") != self.config:
+            raise SystemExit(f"train_toy: {self.path} is a checkpoint of another model ({state.get('config')}); "
+                             "move it away or pass another --work")
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        log.info("%s: resumed at step %d of %d", self.name, self.step, self.steps)
+        return True
+
+
+def run_stage(stage, modules, loss_fn, args):
+    """The loop shared by every stage: loss, step, checkpoint every --save-every steps."""
+    stage.load(modules)
+    bar = tqdm(total=stage.steps, initial=stage.step, desc=stage.name, disable=args.quiet)
+    while stage.step < stage.steps:
+        loss = loss_fn(stage.rng, stage.step)
+        stage.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for group in stage.optimizer.param_groups for p in group["params"]], 1.0)
+        stage.optimizer.step()
+        stage.schedule.step()
+        stage.step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if stage.step % args.save_every == 0 or stage.step == stage.steps:
+            stage.save(modules)
+    bar.close()
+
+
+def diffusion_loss(noise_pred, noise, timesteps, scheduler):
+    """Epsilon MSE with Min-SNR-gamma weights: w = min(SNR, gamma) / SNR."""
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+    return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+class Noiser:
+    """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule."""
+
+    def __init__(self, vae):
+        self.vae, self.scaling = vae, vae.config.scaling_factor
+        self.scheduler = DDPMScheduler(**{k: v for k, v in builtin.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
+
+    def __call__(self, images):
+        with torch.no_grad():
+            latents = self.vae.encode(images).latent_dist.sample() * self.scaling
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),))
+        # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
+        return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def adaptive_weight(reconstruction, adversarial, last_layer):
+    """taming's balance of the two losses at the decoder's last layer: |grad rec| / |grad adv|."""
+    rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    return (rec.norm() / (adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def train_vae(vae, swing, args):
+    """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures; toy
+    world 2's arms and club 11x), a small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
+    discriminator with hinge losses from DISC_START of the steps on; then the latent scaling factor."""
+    disc = Discriminator()
+    disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
+    gan_from = int(DISC_START * args.vae_steps) if args.disc_weight > 0 else args.vae_steps + 1
+
+    thin = args.size >= toyworld.SIZE2  # toy world 2's arms and club: what its measures look at
+
+    def vae_loss(rng, step):
+        images, masks, _, _ = batches.batch(rng, args.vae_batch, swing, args.size, thin=thin)
+        posterior = vae.encode(images).latent_dist
+        decoded = vae.decode(posterior.sample()).sample
+        # figure 4x, its arms and club 11x (masks 1 and 2: 1 + 3 * 2 + 4): few pixels of the loss
+        weight = 1 + 3 * masks[:, None] + (masks[:, None] > 1.5) * 4
+        error = (weight * ((decoded - images).abs() + (decoded - images) ** 2)).mean()
+        loss = error + 1e-6 * posterior.kl().mean()
+        if step < gan_from:
+            return loss
+        # the critic's own step first (hinge: real pictures against the detached reconstructions),
+        # so that the generator's graph below holds the critic's updated weights
+        critic = F.relu(1 - disc(images)).mean() + F.relu(1 + disc(decoded.detach())).mean()
+        disc_optimizer.zero_grad(set_to_none=True)
+        (0.5 * critic).backward()
+        disc_optimizer.step()
+        disc.requires_grad_(False)  # the generator's term moves the decoder only
+        adversarial = -disc(decoded).mean()
+        disc.requires_grad_(True)
+        return loss + args.disc_weight * adaptive_weight(error, adversarial, vae.decoder.conv_out.weight) * adversarial
+
+    config = {"size": args.size, "disc_weight": args.disc_weight, "steps": args.vae_steps, "thin": thin}
+    run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps, config),
+              {"vae": vae, "disc": disc, "disc_optimizer": disc_optimizer}, vae_loss, args)
+    vae.requires_grad_(False).eval()
+    with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
+        images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, args.size)[0] for k in range(8)])
+        std = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
+
+
+def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
+    """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
+    def unet_loss(rng, step):
+        grid = grid_of(step, args)
+        images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
+        noisy, noise, timesteps = noiser(images)
+        text = encode_text(tokenizer, text_encoder, prompts)
+        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
+                              noiser.scheduler)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps}
+    run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps, config),
+              {"unet": unet, "text_encoder": text_encoder}, unet_loss, args)
+    unet.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+
+
+def train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args):
+    """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen."""
+    controlnet = make_controlnet(unet, vae)
+
+    def controlnet_loss(rng, step):
+        grid = grid_of(step, args)
+        images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
+        noisy, noise, timesteps = noiser(images)
+        with torch.no_grad():
+            text = encode_text(tokenizer, text_encoder, prompts)
+        down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=maps, return_dict=False)
+        noise_pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+        return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
+
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps}
+    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config),
+              {"controlnet": controlnet}, controlnet_loss, args)
+    return controlnet.eval()
+
+
+def export(pipe, out):
+    """One diffusers folder, written whole under a temporary name, then moved into place."""
+    parent = os.path.dirname(os.path.abspath(out))
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".toy-model-") as temp:
+        pipe.save_pretrained(temp, safe_serialization=True)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(temp, out)
+        os.chmod(out, 0o755)  # mkdtemp made it private
+        os.makedirs(temp)  # TemporaryDirectory removes it on exit
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    log.info("wrote %s (%.1f MB)", out, total / 1e6)
+
+
+def train(args):
+    """The three stages in order, each resumed from its checkpoint, then the folder."""
+    torch.manual_seed(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    tokenizer = builtin.build_tiny_tokenizer()
+    vae, text_encoder, unet = build_models(tokenizer, args.size)
+    swing = batches.swing_poses(args.size)
+    # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
+    train_vae(vae, swing, args)
+    noiser = Noiser(vae)
+    train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
+    controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args)
+    export(StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False), args.out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "toy_model"), help="the trained model folder")
+    parser.add_argument("--work", default=os.path.join(ROOT, "toy_train"), help="checkpoints (resumed from)")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    parser.add_argument("--size", type=int, choices=(toyworld.SIZE, toyworld.SIZE2), default=toyworld.SIZE2,
+                        help="picture size: 128, toy world 2 (8x VAE); 64, the first toy world (4x VAE)")
+    parser.add_argument("--disc-weight", type=float, default=DISC_WEIGHT,
+                        help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
+    parser.add_argument("--grid-every", type=int, default=8,
+                        help="every Nth UNet/ControlNet step trains on 2x2 grids (128 px only; 0: never)")
+    parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
+    parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
+    parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
+    parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
+    parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
+    parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
