@@ -61,5 +61,5 @@ def assert_tensors_close(actual, expected, rtol=1e-4):
     between CPUs and thread counts by ~1e-5 relative, so an absolute 1e-6 fails on values near 10."""
     import torch
 
-    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    scale = float(expected.detach().abs().max()) if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-3))
