@@ -151,7 +151,7 @@ def test_flow_fusion_with_zero_flow_pulls_frames_toward_their_predecessor(tiny_p
     assert_tensors_close(nothing, plain)  # no reliable pixel: no change
 
     def neighbour_gap(latents):
-        return float((latents[1:] - latents[:-1]).abs().mean())
+        return float((latents[1:] - latents[:-1]).detach().abs().mean())
 
     for x0_steps, latent_steps in ((range(1), range(1, STEPS)), (range(0), range(STEPS)), (range(2), range(0))):
         for reference in ("previous", "first"):
