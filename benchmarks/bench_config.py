@@ -6,7 +6,7 @@ import copy
 import resource
 import time
 
-from bench_models import build_pipeline, demo_pose_maps, few_step, synchronize, torch_dtype
+from bench_models import build_pipeline, demo_pose_maps, few_step, synchronize
 
 CONFIGS = {
     "a": "diffusers, one call per frame",
@@ -64,7 +64,7 @@ def prepare(name, args):
     from loading import models, speed
 
     option = dict(OPTIONS[args.option]) if args.option else {}
-    dtype = torch_dtype(option.pop("dtype", args.dtype))
+    dtype = models.DTYPES[option.pop("dtype", args.dtype)]
     pipe = build_pipeline(args.arch, args.device, dtype)
     if name in FEW_STEPS:
         few_step(pipe, args.device, dtype)

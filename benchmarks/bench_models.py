@@ -9,7 +9,6 @@ import platform
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DTYPES = ("fp32", "fp16", "bf16")
 # UNet / ControlNet / VAE layouts. "full" is SD 2.1 (base): 865M UNet, 1024-d OpenCLIP-H text.
 ARCHS = {
     "full": dict(blocks=(320, 640, 1280, 1280), heads=(5, 10, 20, 20), layers=2, context=1024, text_layers=23,
@@ -17,12 +16,6 @@ ARCHS = {
     "mid": dict(blocks=(64, 128, 256, 256), heads=(1, 2, 4, 4), layers=2, context=256, text_layers=4,
                 text_heads=4, text_ff=1024, vae=(32, 64, 128, 128), vae_layers=1, hint=(16, 32, 96, 256)),
 }
-
-
-def torch_dtype(name):
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def build_pipeline(arch, device, dtype):
@@ -97,7 +90,9 @@ def unit_flops(args):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    dtype = torch_dtype(args.dtype)
+    from loading import models
+
+    dtype = models.DTYPES[args.dtype]
     pipe = build_pipeline(args.arch, args.device, dtype)
     tiny_vae = few_step(build_pipeline(args.arch, args.device, dtype), args.device, dtype).vae
     h, w = args.height // 8, args.width // 8
@@ -126,7 +121,9 @@ def machine_peak(args):
     """Measured matmul rate (FLOP/s) in the benchmark's dtype: the ceiling to compare against."""
     import torch
 
-    dtype = torch_dtype(args.dtype)
+    from loading import models
+
+    dtype = models.DTYPES[args.dtype]
     if args.device == "cpu":
         dtype = torch.float32  # the CPU path runs fp32
     n = 8192 if args.device.startswith("cuda") else 1024

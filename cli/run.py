@@ -14,8 +14,9 @@ import torch
 
 from cli import outputs
 from cli.run_args import (DEMO_POSES, MAX_CONTROLNET_SCALE, MAX_FPS, MAX_SIDE, MODEL_DEFAULTS, PRESETS,  # noqa: F401
-                          ROOT, SIZE_MULTIPLE, TOY_PROMPT, add_run_parser, preset_defaults)
+                          SIZE_MULTIPLE, TOY_PROMPT, add_run_parser, preset_defaults)
 from common.errors import UserError
+from common.files import ROOT
 from loading import adapters, controls, inputs, models
 from loading.sources import Sources
 from loop import pipeline, planners, predict, registry

@@ -8,10 +8,10 @@ import os
 
 import pose_extract
 from common.errors import HelpFormatter
+from common.files import ROOT
 from loading import adapters, controls, models
 from loop import registry
 from loop.keyframes import KeyframePlan
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 DEMO_POSES = os.path.join(ROOT, "demo", "golf_swing.json")
 DEFAULT_PROMPT = "a golfer swinging a club on a sunny golf course, photorealistic, detailed"
 DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"

@@ -4,7 +4,8 @@
 ``looks_like_path(name)`` tells a local path from a hub id.
 ``atomic_path(path)`` gives a temporary name beside ``path`` and renames it into place only when
 the writing block succeeds; ``write_json`` uses it; ``check_writable`` refuses, before any work,
-an output path under a file or in a read-only folder.
+an output path under a file or in a read-only folder. ``ROOT`` is the repository (demo/,
+toy_model/, cldm_v21.yaml).
 """
 import contextlib
 import functools
@@ -13,6 +14,8 @@ import json
 import os
 
 from common.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiff
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from common.errors import UserError
+from common.files import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 TOY_DIR = os.path.join(ROOT, "toy_model")  # trained by toy/train_toy.py
 TINY_SEED = 0
 TINY_TEXT_DIM = 32

@@ -6,7 +6,6 @@ The pipeline object is a container here: sdvideo's own loop (loop/pipeline.py) u
 import argparse
 import contextlib
 import functools
-import json
 import logging
 import os
 import warnings

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 import pose_extract
+from common.files import ROOT
 from toy import looks, motions, toyworld
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 PROMPT_DROPOUT = 0.1  # as SD's training: the empty prompt is the unconditional branch of guidance
 
 

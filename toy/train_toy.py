@@ -37,7 +37,6 @@ from loading import builtin
 from toy import batches, toyworld
 
 log = logging.getLogger("train_toy")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 TEXT_DIM = 64
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
 STAGES = ("vae", "unet", "controlnet")
@@ -306,8 +305,8 @@ def train(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(ROOT, "toy_model"), help="the trained model folder")
-    parser.add_argument("--work", default=os.path.join(ROOT, "toy_train"), help="checkpoints (resumed from)")
+    parser.add_argument("--out", default=os.path.join(files.ROOT, "toy_model"), help="the trained model folder")
+    parser.add_argument("--work", default=os.path.join(files.ROOT, "toy_train"), help="checkpoints (resumed from)")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
     parser.add_argument("--size", type=int, choices=(toyworld.SIZE, toyworld.SIZE2), default=toyworld.SIZE2,
                         help="picture size: 128, toy world 2 (8x VAE); 64, the first toy world (4x VAE)")
