@@ -28,8 +28,8 @@ demo: install
 	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
 
 # Train the toy world's model: toy world 2 (128 px, SD's shape; docs/toy_world.md), an estimated 3 h on 2
-# CPU cores; it resumes from the checkpoints in toy_train/ (committed while training is under way)
-# and writes toy_model/. `python -m toy.train_toy --size 64` retrains the first, 64 px world.
+# CPU cores; it resumes from the checkpoints in toy_train/ and writes toy_model/.
+# `python -m toy.train_toy --size 64 --work toy_train_64 --out toy_model_64` retrains the first, 64 px world.
 toy-model: install
 	$(PY) -m toy.train_toy
 

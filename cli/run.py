@@ -14,7 +14,7 @@ import torch
 
 from cli import outputs
 from cli.run_args import (DEMO_POSES, MAX_CONTROLNET_SCALE, MAX_FPS, MAX_SIDE, MODEL_DEFAULTS, PRESETS,  # noqa: F401
-                          SIZE_MULTIPLE, TOY_PROMPT, add_run_parser, preset_defaults)
+                          SIZE_MULTIPLE, TOY_MODELS, TOY_PROMPT, add_run_parser, preset_defaults)
 from common.errors import UserError
 from common.files import ROOT
 from loading import adapters, controls, inputs, models
@@ -90,8 +90,8 @@ def value_checks(args):
          f"got {len(args.controlnet_scale)}"),
         (not (extra and args.video is None),
          f"--control {','.join(args.control)} needs --video: the {' and '.join(extra)} maps come from the source clip"),
-        (not (extra and args.model == "toy"), "--model toy has a pose ControlNet only: drop the extra controls of "
-                                              "--control"),
+        (not (extra and args.model in TOY_MODELS), f"--model {args.model} has a pose ControlNet only: drop the "
+                                                   "extra controls of --control"),
         (0 <= args.canny_low <= args.canny_high, "need 0 <= --canny-low <= --canny-high"),
         (0 <= args.control_start < args.control_end <= 1, "need 0 <= --control-start < --control-end <= 1"),
         (args.eta >= 0, "--eta must be >= 0"),

@@ -18,12 +18,14 @@ DEFAULT_NEGATIVE = "blurry, deformed, extra limbs, low quality"
 TOY_PROMPT = "a golfer in a red shirt and black trousers, on a golf course"
 # What --height/--width, --prompt and --negative-prompt default to, per --model (None: real weights).
 # The toy model knows only its training prompts' words, was trained with "" as the unconditional
-# prompt, and draws 64 px pictures.
+# prompt, and draws 128 px pictures (toy world 2; toy64, the first toy world: 64 px).
 MODEL_DEFAULTS = {
     None: dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
     "tiny": dict(height=512, width=512, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE),
-    "toy": dict(height=64, width=64, prompt=TOY_PROMPT, negative_prompt=""),
+    "toy": dict(height=128, width=128, prompt=TOY_PROMPT, negative_prompt=""),
+    "toy64": dict(height=64, width=64, prompt=TOY_PROMPT, negative_prompt=""),
 }
+TOY_MODELS = ("toy", "toy64")
 SIZE_MULTIPLE = 8
 MAX_SIDE = 2048  # SD 2.1 was trained at 512/768; 2048 px already needs --vae-tiling and a large GPU
 MAX_FPS = 240.0
@@ -138,12 +140,13 @@ def add_input_and_model_arguments(parser):
     inp.add_argument("--fps", type=float, default=None, help="resample to this frame rate (instead of --stride)")
     for side in ("height", "width"):
         inp.add_argument(f"--{side}", type=int, default=None,
-                         help=f"output {side}, rounded to a multiple of 8 (default: 512; 64 with --model toy)")
+                         help=f"output {side}, rounded to a multiple of 8 (default: 512; 128 with --model toy, 64 with toy64)")
     inp.add_argument("--fit", choices=("crop", "pad"), default="crop", help="keep aspect by centre crop or padding")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=tuple(k for k in MODEL_DEFAULTS if k), default=None,
-                       help="a built-in model instead of --base/--controlnet: 'toy', the trained toy world "
-                            "(64 px figures, toy_model/); 'tiny', random weights (noise pictures; for tests)")
+                       help="a built-in model instead of --base/--controlnet: 'toy', the trained toy world 2 "
+                            "(128 px, toy_model/); 'toy64', the first toy world (64 px, toy_model_64/); "
+                            "'tiny', random weights (noise pictures; for tests)")
     model.add_argument("--base", default=None, help=f"SD 1.x/2.x diffusers folder or hub id (default: "
                                                     f"{models.DEFAULT_BASE})")
     model.add_argument("--controlnet", default=None, help=f"ControlNet diffusers folder, hub id, or original "

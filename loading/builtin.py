@@ -1,7 +1,8 @@
 """The models sdvideo has without downloading anything: the toy world's trained SD + ControlNet
-(``load_toy_pipeline``, committed in toy_model/) and the tiny deterministic random-weight one
+(``load_toy_pipeline``: toy world 2 at 128 px in toy_model/, the first toy world at 64 px in
+toy_model_64/) and the tiny deterministic random-weight one
 (``build_tiny_pipeline``: SD's layout at toy width, for tests and the benchmarks' shapes), with the
-byte-level tokenizer both use. ``models.load_pipeline`` loads them for ``--model toy|tiny``.
+byte-level tokenizer both use. ``models.load_pipeline`` loads them for ``--model toy|toy64|tiny``.
 """
 import json
 import os
@@ -15,7 +16,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from common.errors import UserError
 from common.files import ROOT
 
-TOY_DIR = os.path.join(ROOT, "toy_model")  # trained by toy/train_toy.py
+TOY_DIRS = {"toy": os.path.join(ROOT, "toy_model"),  # toy world 2, trained by toy/train_toy.py
+            "toy64": os.path.join(ROOT, "toy_model_64")}  # the first toy world (train_toy.py --size 64)
 TINY_SEED = 0
 TINY_TEXT_DIM = 32
 TINY_MAX_TOKENS = 77
@@ -27,8 +29,8 @@ TINY_BLOCKS = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_gro
                    attention_head_dim=8, use_linear_projection=True)
 
 
-def load_toy_pipeline(folder=TOY_DIR):
-    """The toy world's trained SD + ControlNet (64 px, see toy/toyworld.py and toy/train_toy.py)."""
+def load_toy_pipeline(folder=TOY_DIRS["toy"]):
+    """A toy world's trained SD + ControlNet (see toy/toyworld.py and toy/train_toy.py)."""
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise UserError(f"the toy model is missing from {folder}; train it with `make toy-model` "
                         "(python -m toy.train_toy) or restore the folder from git")

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_CONTROLNET = "thibaud/controlnet-sd21-openpose-diffusers"
 TINY = "tiny"
-TOY = "toy"
+TOY = "toy"  # toy world 2 (128 px)
+TOY64 = "toy64"  # the first toy world (64 px)
 TINY_VAE = "madebyollin/taesd"  # TAESD: diffusers' AutoencoderTiny for SD 1.x/2.x latents
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -61,7 +62,7 @@ CHECKPOINT_EXTENSIONS = (".ckpt", ".pth", ".pt", ".safetensors")
 class ModelSpec:
     """What to load: ``tiny`` or a base and a ControlNet (hub ids, folders, or a checkpoint file)."""
 
-    model: str | None = None  # "tiny" (built-in random model) or "toy" (the trained toy world), else None
+    model: str | None = None  # "tiny" (built-in random model), "toy" or "toy64" (the trained toy worlds), else None
     base: str = DEFAULT_BASE
     controlnet: str = DEFAULT_CONTROLNET
     controlnet_config: str = "cldm_v21.yaml"
@@ -119,8 +120,8 @@ def load_pipeline(spec):
     device, dtype = pick_device(spec.device), DTYPES[spec.dtype]
     if spec.model == TINY:
         pipe = builtin.build_tiny_pipeline(spec.prediction_type or "epsilon")
-    elif spec.model == TOY:
-        pipe = builtin.load_toy_pipeline()
+    elif spec.model in builtin.TOY_DIRS:
+        pipe = builtin.load_toy_pipeline(builtin.TOY_DIRS[spec.model])
     else:
         for name, what in ((spec.base, "base model"), (spec.controlnet, "ControlNet")):
             if files.looks_like_path(name) and not os.path.exists(name):
@@ -281,8 +282,8 @@ def _extra_controlnets(spec, dtype):
     more tiny ControlNets of their own seeds."""
     if spec.model == TINY:
         return [builtin.build_tiny_controlnet(builtin.TINY_SEED + 1 + k) for k in range(len(spec.extra_controlnets))]
-    if spec.model == TOY:
-        raise UserError("--model toy has a pose ControlNet only: drop the extra controls of --control")
+    if spec.model in builtin.TOY_DIRS:
+        raise UserError(f"--model {spec.model} has a pose ControlNet only: drop the extra controls of --control")
     nets = []
     for source in spec.extra_controlnets:
         check_compatible(replace(spec, controlnet=source))

@@ -241,9 +241,10 @@ def evaluate_run(run_dir, clip=None, detector=None):
         control = pose_extract.read_poses(control_path).keypoints
         detected, _ = pose_tracking.track_person([detector(f) for f in frames], frames.shape[2], frames.shape[1])
         results["pose_pck"] = pck(detected, control)
-    if record["args"].get("model") == "toy" and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
+    if record["args"].get("model") in ("toy", "toy64") and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
         control = pose_extract.read_poses(control_path).keypoints
-        results["pose_iou"] = toy_metrics.pose_iou(frames, control, record["args"]["prompt"])
+        for name in ("pose_iou", "arm_iou", "club_visibility"):  # arms and club: None where none is drawn
+            results[name] = getattr(toy_metrics, name)(frames, control, record["args"]["prompt"])
         results["shirt_color_accuracy"] = toy_metrics.color_accuracy(frames, control, record["args"]["prompt"])
     cost = record.get("cost", {})
     results.update({k: cost.get(k) for k in ("seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")})

@@ -19,10 +19,11 @@ from measure import metrics  # noqa: E402
 
 log = logging.getLogger("sweep")
 METRICS = ("warping_error", "warp_ssim", "flicker", "background_flickering", "clip_consistency_consecutive",
-           "clip_consistency_all_pairs", "clip_prompt_consistency", "pose_pck", "pose_iou", "shirt_color_accuracy",
-           "seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")
+           "clip_consistency_all_pairs", "clip_prompt_consistency", "pose_pck", "pose_iou", "arm_iou",
+           "club_visibility", "shirt_color_accuracy", "seconds_per_frame", "unet_evals_per_frame", "peak_memory_gib")
 HIGHER_IS_BETTER = {"warp_ssim", "background_flickering", "clip_consistency_consecutive", "clip_consistency_all_pairs",
-                    "clip_prompt_consistency", "pose_pck", "pose_iou", "shirt_color_accuracy"}
+                    "clip_prompt_consistency", "pose_pck", "pose_iou", "arm_iou", "club_visibility",
+                    "shirt_color_accuracy"}
 TRADE_OFF = "trade_off.png"  # warping error against seconds per frame, a point per run
 
 

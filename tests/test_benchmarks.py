@@ -21,3 +21,20 @@ def test_bench_refuses_bad_arguments_before_any_work(flags, message):
 def test_bench_uses_no_fixed_temporary_file_names():
     text = open(os.path.join(ROOT, "benchmarks", "bench.py")).read()
     assert "/tmp/" not in text and "tempfile.mkdtemp" in text
+
+
+def test_the_toy_report_names_the_claims_whose_verdict_changed(monkeypatch):
+    import copy
+    import json
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import toy_claims
+
+    with open(os.path.join(ROOT, "benchmarks", "results", "toy_world_64.json"), encoding="utf-8") as f:
+        first = {r["run"].removeprefix("swing-"): r for r in json.load(f)["techniques"]}
+    assert toy_claims.changed_verdicts(first, first).startswith("- none")
+    flipped = copy.deepcopy(first)
+    flipped["copying"]["warping_error"] = 10 * flipped["blending"]["warping_error"]
+    assert toy_claims.changed_verdicts(flipped, first) == (
+        "- naive blending is limited next to intermediate copying (less steady): holds on the 64 px model, "
+        "does not hold now")

@@ -45,20 +45,20 @@ def test_pose_iou_and_colour_accuracy_of_true_renders_and_of_wrong_ones(swing):
 
 
 def test_arm_iou_and_club_visibility_of_toy_world_2_renders_and_of_wrong_ones():
-    poses = motions.heldout_poses(12, tw.SIZE2)
+    poses = motions.heldout_poses(12, tw.SIZE)
     rng = np.random.default_rng(2)
     look = looks.Look("green", "black", "golf course", golfer=True)
-    frames = np.stack([tw.render(p, look, looks.random_nuisance(rng), tw.SIZE2)[0] for p in poses])
+    frames = np.stack([tw.render(p, look, looks.random_nuisance(rng), tw.SIZE)[0] for p in poses])
     prompt = look.prompt()
     assert tm.arm_iou(frames, poses, prompt) > 0.8
     assert tm.arm_iou(frames, poses[::-1], prompt) < 0.4  # the same pictures against other poses
     assert tm.club_visibility(frames, poses, prompt) == 1.0
     assert tm.club_visibility(frames, poses[::-1], prompt) < 0.3  # clubs elsewhere
-    plain = np.stack([tw.render(p, dataclasses.replace(look, golfer=False), looks.Nuisance(), tw.SIZE2)[0] for p in poses])
+    plain = np.stack([tw.render(p, dataclasses.replace(look, golfer=False), looks.Nuisance(), tw.SIZE)[0] for p in poses])
     assert tm.club_visibility(plain, poses, prompt) == 0.0  # no club drawn: none seen
     assert tm.club_visibility(frames, poses, looks.Look("green", "black", "golf course").prompt()) is None
     armless = frames.copy()
     for frame, pose in zip(armless, poses):  # the arms painted over with the background
-        arms = tw.limb_mask(pose, tw.ARMS, tw.SIZE2)
-        frame[arms] = looks.clean_background("golf course", tw.SIZE2, tw.SIZE2)[0][arms].astype(np.uint8)
+        arms = tw.limb_mask(pose, tw.ARMS, tw.SIZE)
+        frame[arms] = looks.clean_background("golf course", tw.SIZE, tw.SIZE)[0][arms].astype(np.uint8)
     assert tm.arm_iou(armless, poses, prompt) < 0.25

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from loading import builtin, models
 from loop import pipeline
-from toy import batches, train_toy
+from toy import batches, motions, train_toy
 
 # toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
 # steps train on a 2x2 grid (256 px)
@@ -49,6 +49,12 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
     assert latents.shape == (2, 4, 16, 16) and torch.isfinite(latents).all()
 
 
+def test_both_toy_worlds_load_at_their_shapes():
+    for name, factor, size in ((models.TOY, 8, 128), (models.TOY64, 4, 64)):
+        pipe = models.load_pipeline(models.ModelSpec(model=name, device="cpu"))
+        assert pipe.vae_scale_factor == factor and pipe.unet.config.sample_size * factor == size
+
+
 def test_a_missing_toy_model_is_a_user_error(tmp_path):
     with pytest.raises(models.UserError, match="make toy-model"):
         builtin.load_toy_pipeline(str(tmp_path / "nothing"))
@@ -68,3 +74,21 @@ def test_grid_batches_tile_one_look_in_four_poses():
     quarters = [maps[0, :, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128)]
     assert all(q.sum() > 0 for q in quarters)  # a pose in every cell
     assert not torch.equal(quarters[0], quarters[1])  # ... each its own
+
+
+def test_the_controlnets_timesteps_lean_to_high_noise():
+    torch.manual_seed(0)
+    cubic, uniform = (train_toy.draw_timesteps(20000, 1000, kind) for kind in ("cubic", "uniform"))
+    assert cubic.min() >= 0 and cubic.max() <= 999 and cubic.dtype == torch.int64
+    # t = (1 - u^3) T < T/2 when u > 2^(-1/3): a fifth of the draws, against a half for uniform ones
+    assert (cubic < 500).float().mean().item() == pytest.approx(1 - 0.5 ** (1 / 3), abs=0.015)
+    assert (uniform < 500).float().mean().item() == pytest.approx(0.5, abs=0.015)
+
+
+def test_the_golfer_share_sets_how_many_pictures_hold_a_club():
+    def golfers(share):
+        rng = np.random.default_rng(1)
+        return np.mean([motions.sample(rng, size=64, golfer_share=share)[4].golfer for _ in range(300)])
+
+    assert golfers(None) == pytest.approx(0.25, abs=0.08)  # one of the four subjects
+    assert golfers(0.5) == pytest.approx(0.5, abs=0.08) and golfers(0.0) == 0.0

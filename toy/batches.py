@@ -27,14 +27,15 @@ def _tile(pictures, grid):
     return np.concatenate(rows, axis=0)
 
 
-def batch(rng, count, swing, size, grid=1, thin=False):
+def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None):
     """A training batch of ``count`` pictures: (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps
     (B, 3, H, W) in [0, 1], prompts. With grid > 1 each picture is a grid x grid tiling of
     size-px frames of one look (one prompt) in different poses, H = W = grid * size. With thin
-    (grid 1), the masks are 1 on the figure and 2 on its arms and club (toyworld.thin_parts_mask)."""
+    (grid 1), the masks are 1 on the figure and 2 on its arms and club (toyworld.thin_parts_mask).
+    golfer_share: as motions.sample's (None: a quarter of the subjects are golfers)."""
     images, masks, maps, prompts = [], [], [], []
     for _ in range(count):
-        cells = [motions.sample(rng, swing, size)]
+        cells = [motions.sample(rng, swing, size, golfer_share=golfer_share)]
         if thin:
             image, mask, keypoints, prompt, look = cells[0]
             cells[0] = (image, mask.astype(np.float32) + toyworld.thin_parts_mask(keypoints, look.golfer, size),

@@ -107,16 +107,21 @@ def heldout_poses(count, size=SIZE):
     return np.stack([random_pose(rng, size) for _ in range(count)])
 
 
-def sample(rng, swing=None, size=SIZE, swing_share=0.3):
+def sample(rng, swing=None, size=SIZE, swing_share=0.3, golfer_share=None):
     """One training example: (image uint8 (size, size, 3), mask, keypoints (18, 3), prompt, look).
 
-    swing: optional (F, 18, 3) poses in picture pixels (the bundled demo swing), jittered."""
+    swing: optional (F, 18, 3) poses in picture pixels (the bundled demo swing), jittered.
+    golfer_share: the chance that the subject is "a golfer" (None: one subject of SUBJECTS, 1/4)."""
     if swing is not None and rng.random() < swing_share:
         keypoints = jittered(swing[rng.integers(len(swing))], rng, size)
     else:
         keypoints = random_pose(rng, size)
     look, nuisance = random_look(rng), random_nuisance(rng)
-    subject = SUBJECTS[rng.integers(len(SUBJECTS))]
+    if golfer_share is None:
+        subject = SUBJECTS[rng.integers(len(SUBJECTS))]
+    else:
+        others = [s for s in SUBJECTS if s != "a golfer"]
+        subject = "a golfer" if rng.random() < golfer_share else others[rng.integers(len(others))]
     look = replace(look, golfer=subject == "a golfer")
     image, mask = render(keypoints, look, nuisance, size)
     return image, mask, keypoints, look.prompt(subject), look

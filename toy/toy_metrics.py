@@ -73,17 +73,18 @@ def dominant_color(image, region):
     return names[votes.argmax()] if votes.any() else None
 
 
-def figure_masks(keypoints, size=SIZE):
-    """The true figure mask of each pose (F, 18, 3) -> (F, size, size) bool (no cap, no shadow)."""
-    return np.stack([render(k, Look(background="studio"), Nuisance(), size)[1] for k in keypoints])
+def figure_masks(keypoints, size=SIZE, golfer=False):
+    """The true figure mask of each pose (F, 18, 3) -> (F, size, size) bool (no cap, no shadow; a
+    golfer's club included)."""
+    return np.stack([render(k, Look(background="studio", golfer=golfer), Nuisance(), size)[1] for k in keypoints])
 
 
 def pose_iou(frames, keypoints, prompt):
     """Mean IoU of the figure segmented in each generated frame with the true mask of its pose;
-    frames (F, S, S, 3) uint8, keypoints (F, 18, 3) in their pixels."""
-    background = parse_prompt(prompt).background
-    truths = figure_masks(keypoints, frames.shape[1])
-    return float(np.mean([iou(segment_figure(f, background), t) for f, t in zip(frames, truths)]))
+    frames (F, S, S, 3) uint8, keypoints (F, 18, 3) in their pixels. A golfer's figure holds his club."""
+    look = parse_prompt(prompt)
+    truths = figure_masks(keypoints, frames.shape[1], look.golfer)
+    return float(np.mean([iou(segment_figure(f, look.background), t) for f, t in zip(frames, truths)]))
 
 
 def color_accuracy(frames, keypoints, prompt):

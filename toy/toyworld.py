@@ -20,8 +20,8 @@ import numpy as np
 from toy.looks import (CAP_COLORS, COLORS, HAIR_COLORS, SKIN_TONES, clean_background, parse_prompt, random_nuisance,
                        texture)
 
-SIZE = 64  # the committed toy model's native picture size (its VAE downsamples by 4: 16x16 latents)
-SIZE2 = 128  # toy world 2: SD's shape (an 8x VAE, 16x16 latents); toy/train_toy.py --size 128
+SIZE = 128  # toy world 2, --model toy's picture size: SD's shape (an 8x VAE, 16x16 latents)
+FIRST_SIZE = 64  # the first toy world, --model toy64 (a 4x VAE, 16x16 latents); train_toy.py --size 64
 SUPERSAMPLE = 2  # drawn at 2x and area-averaged, for anti-aliased edges
 SHOE_COLOR = (45, 40, 38)
 # COCO-18 joints
@@ -59,8 +59,8 @@ SLIM = Body(arm=0.19, forearm=0.15, thigh=0.27, shin=0.21, head=0.31, shoulder_p
 
 
 def body_for(size):
-    """The proportions of the world drawn at this picture size: SLIM from SIZE2 up, else CHUNKY."""
-    return SLIM if size >= SIZE2 else CHUNKY
+    """The proportions of the world drawn at this picture size: SLIM from SIZE up, else CHUNKY."""
+    return SLIM if size >= SIZE else CHUNKY
 
 
 # ---- the figure -------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance, body):
         _draw_head(canvas, mask, keypoints, nuisance, body, length, skin)
 
 
-def thin_parts_mask(keypoints, golfer, size=SIZE2):
+def thin_parts_mask(keypoints, golfer, size=SIZE):
     """The parts the toy world's measures find hardest: the arms and, for a golfer, the club;
     (size, size) bool (toy/train_toy.py weights them in the VAE's loss)."""
     body, big = body_for(size), size * SUPERSAMPLE
@@ -227,7 +227,7 @@ def thin_parts_mask(keypoints, golfer, size=SIZE2):
     return small | limb_mask(keypoints, ARMS, size)
 
 
-def limb_mask(keypoints, limbs=ARMS, size=SIZE2):
+def limb_mask(keypoints, limbs=ARMS, size=SIZE):
     """The true mask of some limbs alone (pairs of joints, default the arms): the capsules the
     renderer draws for them, (size, size) bool; keypoints (18, 3) in the picture's pixels."""
     body, big = body_for(size), size * SUPERSAMPLE

@@ -9,12 +9,12 @@ SD's ratio, with SD's patch discriminator from half-way; the first world, ``--si
 together on (picture, prompt) with no pose input, the prompt dropped 10% of the time so that
 classifier-free guidance works; at 128 px the UNet has self- and cross-attention at the latent
 resolution, as SD's first level has; (3) ``ControlNetModel.from_unet`` trained on OpenPose maps
-drawn by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen. At 128 px every
+drawn by ``pose_extract.draw_openpose``, with the UNet and text encoder frozen, its timesteps drawn
+as T2I-Adapter's (mostly high noise) and half its pictures golfers'. At 128 px every
 ``--grid-every``-th UNet and ControlNet step trains on 2x2 grids of full-size frames (one look,
 four poses, 256 px pictures), the pictures RAVE's grids make (RAVE keeps each frame at full size).
-Every stage is seeded, shows a progress bar, checkpoints to ``--work`` and resumes from there;
-the result is one ``StableDiffusionControlNetPipeline.save_pretrained`` folder (safetensors). The
-batches (pictures, masks, pose maps, prompts, grids) are batches.py's.
+Every stage is seeded, shows a progress bar, checkpoints to ``--work`` and resumes from there; the
+result is one ``StableDiffusionControlNetPipeline.save_pretrained`` folder; batches are batches.py's.
 """
 import argparse
 import logging
@@ -46,7 +46,7 @@ DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, a
 
 def build_models(tokenizer, size):
     """The untrained VAE, text encoder and UNet for pictures of ``size`` px (seeded by the caller)."""
-    levels = 4 if size >= toyworld.SIZE2 else 3  # an 8x VAE for toy world 2, 4x for the first
+    levels = 4 if size >= toyworld.SIZE else 3  # an 8x VAE for toy world 2, 4x for the first
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                         block_out_channels=(16, 32, 64, 64)[:levels], norm_num_groups=8,
                         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -93,7 +93,7 @@ class Discriminator(torch.nn.Module):
 
 def grid_of(step, args):
     """The grid a UNet/ControlNet step trains on: 2 every --grid-every steps (toy world 2), else 1."""
-    return 2 if args.size >= toyworld.SIZE2 and args.grid_every and step % args.grid_every == args.grid_every - 1 else 1
+    return 2 if args.size >= toyworld.SIZE and args.grid_every and step % args.grid_every == args.grid_every - 1 else 1
 
 
 def encode_text(tokenizer, text_encoder, prompts):
@@ -167,18 +167,28 @@ def diffusion_loss(noise_pred, noise, timesteps, scheduler):
     return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 
-class Noiser:
-    """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule."""
+def draw_timesteps(count, total, kind="uniform"):
+    """Training timesteps (count,) in [0, total): uniform, or cubic, t = (1 - u^3) total with u
+    uniform, T2I-Adapter's sampling for a control branch (Mou et al. 2023, sec. 3.4; diffusers'
+    train_t2i_adapter_sdxl.py): most draws at high noise, where the picture's layout is decided."""
+    if kind == "uniform":
+        return torch.randint(0, total, (count,))
+    return ((1 - torch.rand(count) ** 3) * total).long().clamp(0, total - 1)
 
-    def __init__(self, vae):
-        self.vae, self.scaling = vae, vae.config.scaling_factor
+
+class Noiser:
+    """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule;
+    timesteps drawn as draw_timesteps' ``kind``."""
+
+    def __init__(self, vae, timesteps="uniform"):
+        self.vae, self.scaling, self.timesteps = vae, vae.config.scaling_factor, timesteps
         self.scheduler = DDPMScheduler(**{k: v for k, v in builtin.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
 
     def __call__(self, images):
         with torch.no_grad():
             latents = self.vae.encode(images).latent_dist.sample() * self.scaling
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),))
+        timesteps = draw_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.timesteps)
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
@@ -198,7 +208,7 @@ def train_vae(vae, swing, args):
     disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
     gan_from = int(DISC_START * args.vae_steps) if args.disc_weight > 0 else args.vae_steps + 1
 
-    thin = args.size >= toyworld.SIZE2  # toy world 2's arms and club: what its measures look at
+    thin = args.size >= toyworld.SIZE  # toy world 2's arms and club: what its measures look at
 
     def vae_loss(rng, step):
         images, masks, _, _ = batches.batch(rng, args.vae_batch, swing, args.size, thin=thin)
@@ -249,13 +259,17 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     text_encoder.requires_grad_(False).eval()
 
 
-def train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args):
-    """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen."""
+def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
+    """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen; timesteps and the
+    share of golfers as --controlnet-timesteps and --golfer-share say (toy world 2: cubic, a half,
+    so that control is learnt where the layout is decided and the club along the forearms)."""
     controlnet = make_controlnet(unet, vae)
+    noiser = Noiser(vae, args.controlnet_timesteps)
 
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
-        images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
+        images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
+                                                 golfer_share=args.golfer_share)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
@@ -264,7 +278,8 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args):
                           mid_block_additional_residual=mid).sample
         return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
 
-    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps}
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps,
+              "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share}
     run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config),
               {"controlnet": controlnet}, controlnet_loss, args)
     return controlnet.eval()
@@ -295,7 +310,7 @@ def train(args):
     train_vae(vae, swing, args)
     noiser = Noiser(vae)
     train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
-    controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, noiser, swing, args)
+    controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, swing, args)
     export(StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=DDIMScheduler(**builtin.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
@@ -308,7 +323,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(files.ROOT, "toy_model"), help="the trained model folder")
     parser.add_argument("--work", default=os.path.join(files.ROOT, "toy_train"), help="checkpoints (resumed from)")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
-    parser.add_argument("--size", type=int, choices=(toyworld.SIZE, toyworld.SIZE2), default=toyworld.SIZE2,
+    parser.add_argument("--size", type=int, choices=(toyworld.FIRST_SIZE, toyworld.SIZE), default=toyworld.SIZE,
                         help="picture size: 128, toy world 2 (8x VAE); 64, the first toy world (4x VAE)")
     parser.add_argument("--disc-weight", type=float, default=DISC_WEIGHT,
                         help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
@@ -317,6 +332,10 @@ def main(argv=None):
     parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
+    parser.add_argument("--controlnet-timesteps", choices=("cubic", "uniform"), default="cubic",
+                        help="the ControlNet's training timesteps: cubic (T2I-Adapter's, mostly high noise) or uniform")
+    parser.add_argument("--golfer-share", type=float, default=0.5,
+                        help="share of golfers among the ControlNet's training pictures (the UNet's: a quarter)")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
