@@ -145,15 +145,17 @@ def table(rows, baseline):
     return "\n".join(lines)
 
 
+def verdict(ok):
+    return "met" if ok else "NOT met"
+
+
 def report(measured, rows, args):
     by_name = {r["run"].removeprefix("swing-"): r for r in rows}
     baseline, fixed = by_name["independent-noise"], by_name["fixed-noise"]
     model, ceiling, spread = measured["model"], measured["ceiling"], measured["nuisance_flicker"]
     colors, by_background = model["shirt_color_accuracy"], model["by_background"]
-    ratio_flicker = baseline["flicker"] / fixed["flicker"]
-    ratio_warp = baseline["warping_error"] / fixed["warping_error"]
+    ratio_flicker, ratio_warp = (baseline[k] / fixed[k] for k in ("flicker", "warping_error"))
     cut = {n: 1 - by_name[n]["warping_error"] / baseline["warping_error"] for n in ("copying", "keyframes")}
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     return f"""{MARKERS[0]}
 machine: {measured['machine']}; {measured['date']}; `python benchmarks/toy_world.py` ({measured['minutes']:.1f} min)
 

@@ -162,7 +162,6 @@ def encode_prompt(pipe, config):
     return torch.cat([negative, positive]) if do_cfg else positive
 
 
-@torch.no_grad()
 def step_x0(output, noise_pred, latents, alpha_bar, prediction_type):
     """A scheduler step's clean estimate (F, 4, h, w) of the frames it stepped: DDIM's and Euler's
     ``pred_original_sample``, LCM's ``denoised`` (its boundary-condition mix of x0 and z_t); the
@@ -174,6 +173,7 @@ def step_x0(output, noise_pred, latents, alpha_bar, prediction_type):
     return latent_ops.predicted_x0(noise_pred, latents, alpha_bar, prediction_type)
 
 
+@torch.no_grad()
 def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, generators=None,
             progress=True, stats=None, text_embeds=None):
     """Denoise a pass over frames; pose_maps: (F, H, W, 3) uint8 -> (clean latents (F, 4, H/8, W/8), LoopStats).

@@ -73,4 +73,4 @@ def test_the_readme_python_example_runs(monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()
     # copying at step k of 20 skips the other frames' first k steps, both guidance branches
-    assert printed == ["0.2 (8, 64, 64, 3) 33.0", "0.4 (8, 64, 64, 3) 26.0"]
+    assert printed == ["0.2 (8, 128, 128, 3) 33.0", "0.4 (8, 128, 128, 3) 26.0"]

@@ -140,3 +140,11 @@ def test_half_precision_frames_equal_diffusers_when_half_draws_differ_from_float
     difference = np.abs(frames / 255.0 - reference)
     # the two loops batch the half-precision arithmetic differently: a few levels, not another picture
     assert difference.mean() < 2 / 255 and difference.max() <= 16 / 255  # 0.4 and 4/255 in bf16 here; 50 and 255 before
+
+
+def test_the_loop_keeps_no_autograd_graph(tiny_pipe, pose_maps, config):
+    """The weights require grad as diffusers loads them; the loop must not record a graph through
+    its steps (one kept every step's activations: 24 GB on the toy sweep's 64 frames)."""
+    assert all(p.requires_grad for p in tiny_pipe.unet.parameters())
+    latents, _ = pipeline.generate(tiny_pipe, pose_maps, config, progress=False)
+    assert latents.grad_fn is None and not latents.requires_grad
