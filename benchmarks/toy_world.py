@@ -1,7 +1,7 @@
 """The toy world's targets, measured: pose and prompt following on held-out poses, and every
 technique on the demo swing.
 
-    python benchmarks/toy_world.py       # ~10 min on 2 CPU cores
+    python benchmarks/toy_world.py       # ~15 min on 2 CPU cores
 
 Writes benchmarks/results/toy_world.{json,md}, a frame strip per technique in
 benchmarks/results/toy_strips/, the trade-off plot benchmarks/results/toy_trade_off.png, and
