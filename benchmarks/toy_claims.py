@@ -4,11 +4,15 @@ sweep's runs (rows keyed by setting name) and given a verdict.
 """
 
 
+def verdict(ok):
+    """A target's verdict cell."""
+    return "met" if ok else "NOT met"
+
+
 def flow_targets(rows):
     """Flow fusion against the same noise without it, per motion of demo/toy_flow_sweep.yaml."""
     by_name = {r["run"]: r for r in rows}
     lines = ["| motion | setting | warping error | pose IoU | target | |", "|---|---|---|---|---|---|"]
-    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     for motion in sorted({r["run"].split("-", 1)[0] for r in rows}):
         for noise, target, holds in (
                 ("fixed", "warping error <= fixed noise's, IoU within 0.02",

@@ -44,7 +44,7 @@ from toy import looks  # noqa: E402
 from toy import motions  # noqa: E402
 from toy import toy_metrics as tm  # noqa: E402
 from toy import toyworld as tw  # noqa: E402
-from toy_claims import changed_verdicts, flow_targets, peer_claims, seed_claims  # noqa: E402
+from toy_claims import changed_verdicts, flow_targets, peer_claims, seed_claims, verdict  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
@@ -143,10 +143,6 @@ def table(rows, baseline):
                      f"{row['peak_memory_gib']:.2f} | "
                      f"[png](benchmarks/results/toy_strips/{row['run'].removeprefix('swing-')}.png) |")
     return "\n".join(lines)
-
-
-def verdict(ok):
-    return "met" if ok else "NOT met"
 
 
 def report(measured, rows, args):

@@ -9,7 +9,7 @@ import os
 import pose_extract
 from common.errors import HelpFormatter
 from common.files import ROOT
-from loading import adapters, controls, models
+from loading import adapters, builtin, controls, models
 from loop import registry
 from loop.keyframes import KeyframePlan
 DEMO_POSES = os.path.join(ROOT, "demo", "golf_swing.json")
@@ -25,7 +25,7 @@ MODEL_DEFAULTS = {
     "toy": dict(height=128, width=128, prompt=TOY_PROMPT, negative_prompt=""),
     "toy64": dict(height=64, width=64, prompt=TOY_PROMPT, negative_prompt=""),
 }
-TOY_MODELS = ("toy", "toy64")
+TOY_MODELS = tuple(builtin.TOY_DIRS)  # the trained toy worlds: toy world 2, the first (64 px)
 SIZE_MULTIPLE = 8
 MAX_SIDE = 2048  # SD 2.1 was trained at 512/768; 2048 px already needs --vae-tiling and a large GPU
 MAX_FPS = 240.0

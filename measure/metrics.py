@@ -20,7 +20,7 @@ from transformers import CLIPModel, CLIPProcessor
 import pose_extract
 from common import files, video_io
 from common.errors import HelpFormatter, UserError
-from loading import flow
+from loading import builtin, flow
 from poses import detectors, pose_tracking
 from toy import toy_metrics
 
@@ -241,7 +241,7 @@ def evaluate_run(run_dir, clip=None, detector=None):
         control = pose_extract.read_poses(control_path).keypoints
         detected, _ = pose_tracking.track_person([detector(f) for f in frames], frames.shape[2], frames.shape[1])
         results["pose_pck"] = pck(detected, control)
-    if record["args"].get("model") in ("toy", "toy64") and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
+    if record["args"].get("model") in builtin.TOY_DIRS and os.path.isfile(control_path) and frames.shape[1] == frames.shape[2]:
         control = pose_extract.read_poses(control_path).keypoints
         for name in ("pose_iou", "arm_iou", "club_visibility"):  # arms and club: None where none is drawn
             results[name] = getattr(toy_metrics, name)(frames, control, record["args"]["prompt"])

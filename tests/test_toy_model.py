@@ -20,19 +20,11 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def toy_pipe():
-    return load_toy()
+    return models.load_pipeline(models.ModelSpec(model=models.TOY, device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def swing():
-    return load_swing()
-
-
-def load_toy():
-    return models.load_pipeline(models.ModelSpec(model=models.TOY, device="cpu"))
-
-
-def load_swing():
     """Pose maps, keypoints and the rendered source frames of the swing's middle, at 128 px."""
     sequence = pose_extract.read_poses(f"{ROOT}/demo/golf_swing.json")
     keypoints = pose_extract.fit_keypoints(sequence.keypoints, toyworld.SIZE / 512, (0.0, 0.0))[FRAMES]
