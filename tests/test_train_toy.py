@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from loading import builtin, models
 from loop import pipeline
-from toy import batches, motions, train_toy
+from toy import batches, motions, stages, train_toy
 
 # toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
 # steps train on a 2x2 grid (256 px)
@@ -24,19 +24,19 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
     straight = tmp_path / "straight"
     train_toy.main([*FEW, "--work", str(tmp_path / "work-a"), "--out", str(straight)])
 
-    real_save = train_toy.Stage.save
+    real_save = stages.Stage.save
 
     def save_then_die(stage, modules):
         real_save(stage, modules)
         if stage.name == "controlnet" and stage.step == 1:
             raise KeyboardInterrupt  # killed right after the first ControlNet checkpoint
 
-    monkeypatch.setattr(train_toy.Stage, "save", save_then_die)
+    monkeypatch.setattr(stages.Stage, "save", save_then_die)
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         train_toy.main([*FEW, "--work", str(tmp_path / "work-b"), "--out", str(resumed)])
     assert not resumed.exists()  # nothing published before the end
-    monkeypatch.setattr(train_toy.Stage, "save", real_save)
+    monkeypatch.setattr(stages.Stage, "save", real_save)
     train_toy.main([*FEW, "--work", str(tmp_path / "work-b"), "--out", str(resumed)])
 
     a, b = weights(straight), weights(resumed)
@@ -47,6 +47,26 @@ def test_an_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch
     maps = np.zeros((2, 128, 128, 3), np.uint8)
     latents, _ = pipeline.generate(pipe, maps, pipeline.GenerationConfig(prompt="a golfer", steps=2), progress=False)
     assert latents.shape == (2, 4, 16, 16) and torch.isfinite(latents).all()
+
+
+def test_a_finished_controlnet_stage_continues_to_a_longer_run(tmp_path):
+    few = [*FEW, "--size", "64"]  # the cheaper world
+    longer = [*few, "--controlnet-more", "2"]
+    train_toy.main([*longer, "--work", str(tmp_path / "work-a"), "--out", str(tmp_path / "straight")])
+    train_toy.main([*few, "--work", str(tmp_path / "work-b"), "--out", str(tmp_path / "short")])
+    train_toy.main([*longer, "--work", str(tmp_path / "work-b"), "--out", str(tmp_path / "continued")])
+    a, b, short = (weights(tmp_path / n) for n in ("straight", "continued", "short"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], short[k]) for k in a)  # the added cycle trained
+    with pytest.raises(SystemExit, match="checkpoint of another model"):  # and cannot be taken back
+        train_toy.main([*few, "--work", str(tmp_path / "work-b"), "--out", str(tmp_path / "again")])
+
+
+def test_an_added_cycle_restarts_the_learning_rate_below_the_first():
+    first = [stages.lr_factor(s, 100, 50) for s in range(100)]
+    assert first == [stages.lr_factor(s, 100) for s in range(100)]  # the main cycle does not depend on it
+    added = [stages.lr_factor(s, 100, 50) for s in range(100, 150)]
+    assert first[-1] < 0.01 and max(added) == pytest.approx(stages.RESTART_PEAK) and added[-1] < 0.01
 
 
 def test_both_toy_worlds_load_at_their_shapes():

@@ -18,7 +18,6 @@ result is one ``StableDiffusionControlNetPipeline.save_pretrained`` folder; batc
 """
 import argparse
 import logging
-import math
 import os
 import shutil
 import sys
@@ -29,17 +28,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler,
                        StableDiffusionControlNetPipeline, UNet2DConditionModel)
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import files
 from loading import builtin
 from toy import batches, toyworld
+from toy.stages import Stage, run_stage
 
 log = logging.getLogger("train_toy")
 TEXT_DIM = 64
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
-STAGES = ("vae", "unet", "controlnet")
 DISC_WEIGHT = 0.5  # SD's autoencoder (taming's LPIPSWithDiscriminator): adaptive weight times this
 DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, as SD's disc_start
 
@@ -100,63 +98,6 @@ def encode_text(tokenizer, text_encoder, prompts):
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     return text_encoder(ids)[0]
-
-
-class Stage:
-    """One training stage's loop state: model(s) trained, optimiser, step, data RNG; saved and
-    restored as one checkpoint file so that an interrupted run resumes exactly."""
-
-    def __init__(self, name, work, params, lr, steps, config):
-        self.name, self.steps, self.step, self.config = name, steps, 0, config
-        self.path = os.path.join(work, f"{name}.pt")
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-        warmup = max(1, steps // 50)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-        self.rng = np.random.default_rng([STAGES.index(name), 0])
-
-    def save(self, modules):
-        state = {"config": self.config, "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "modules": {k: m.state_dict() for k, m in modules.items()}}
-        with files.atomic_path(self.path) as temp:
-            torch.save(state, temp)
-
-    def load(self, modules):
-        if not os.path.isfile(self.path):
-            return False
-        state = torch.load(self.path, weights_only=False)
-        if state.get("config") != self.config:
-            raise SystemExit(f"train_toy: {self.path} is a checkpoint of another model ({state.get('config')}); "
-                             "move it away or pass another --work")
-        for key, module in modules.items():
-            module.load_state_dict(state["modules"][key])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.step = state["step"]
-        log.info("%s: resumed at step %d of %d", self.name, self.step, self.steps)
-        return True
-
-
-def run_stage(stage, modules, loss_fn, args):
-    """The loop shared by every stage: loss, step, checkpoint every --save-every steps."""
-    stage.load(modules)
-    bar = tqdm(total=stage.steps, initial=stage.step, desc=stage.name, disable=args.quiet)
-    while stage.step < stage.steps:
-        loss = loss_fn(stage.rng, stage.step)
-        stage.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for group in stage.optimizer.param_groups for p in group["params"]], 1.0)
-        stage.optimizer.step()
-        stage.schedule.step()
-        stage.step += 1
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if stage.step % args.save_every == 0 or stage.step == stage.steps:
-            stage.save(modules)
-    bar.close()
 
 
 def diffusion_loss(noise_pred, noise, timesteps, scheduler):
@@ -280,7 +221,8 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
 
     config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps,
               "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share}
-    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config),
+    run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config,
+                    args.controlnet_more),
               {"controlnet": controlnet}, controlnet_loss, args)
     return controlnet.eval()
 
@@ -332,6 +274,9 @@ def main(argv=None):
     parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
+    parser.add_argument("--controlnet-more", type=int, default=0,
+                        help="a second cosine cycle of this many ControlNet steps after --controlnet-steps, "
+                             "continuing a finished checkpoint (a longer ControlNet stage)")
     parser.add_argument("--controlnet-timesteps", choices=("cubic", "uniform"), default="cubic",
                         help="the ControlNet's training timesteps: cubic (T2I-Adapter's, mostly high noise) or uniform")
     parser.add_argument("--golfer-share", type=float, default=0.5,
