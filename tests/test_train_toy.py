@@ -1,4 +1,5 @@
-"""toy/train_toy.py: every stage runs, an interrupted run resumes to the same weights, the result loads."""
+"""toy/train_toy.py: every stage runs, an interrupted run resumes to the same weights, a finished
+ControlNet stage continues with an added cycle, the result loads."""
 import os
 
 import numpy as np
