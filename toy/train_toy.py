@@ -119,16 +119,20 @@ def draw_timesteps(count, total, kind="uniform"):
 
 class Noiser:
     """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule;
-    timesteps drawn as draw_timesteps' ``kind``."""
+    timesteps drawn as draw_timesteps' ``kind``; ``offset`` > 0 adds offset noise (diffusers'
+    --noise_offset: that times a normal per picture and channel), so that the model cannot take a
+    picture's brightness from the noise that SD's schedule leaves at its last step (docs/toy_world.md)."""
 
-    def __init__(self, vae, timesteps="uniform"):
-        self.vae, self.scaling, self.timesteps = vae, vae.config.scaling_factor, timesteps
+    def __init__(self, vae, timesteps="uniform", offset=0.0):
+        self.vae, self.scaling, self.timesteps, self.offset = vae, vae.config.scaling_factor, timesteps, offset
         self.scheduler = DDPMScheduler(**{k: v for k, v in builtin.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
 
     def __call__(self, images):
         with torch.no_grad():
             latents = self.vae.encode(images).latent_dist.sample() * self.scaling
         noise = torch.randn_like(latents)
+        if self.offset:
+            noise = noise + self.offset * torch.randn(*latents.shape[:2], 1, 1)
         timesteps = draw_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.timesteps)
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
@@ -182,6 +186,11 @@ def train_vae(vae, swing, args):
     vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
 
 
+def offset_config(args):
+    """The noise offset's entry in a stage's recorded recipe: none at 0, so older checkpoints match."""
+    return {"noise_offset": args.noise_offset} if args.noise_offset else {}
+
+
 def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
     def unet_loss(rng, step):
@@ -193,7 +202,7 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
                               noiser.scheduler)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps}
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps, **offset_config(args)}
     run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps, config),
               {"unet": unet, "text_encoder": text_encoder}, unet_loss, args)
     unet.requires_grad_(False).eval()
@@ -205,7 +214,7 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
     share of golfers as --controlnet-timesteps and --golfer-share say (toy world 2: cubic, a half,
     so that control is learnt where the layout is decided and the club along the forearms)."""
     controlnet = make_controlnet(unet, vae)
-    noiser = Noiser(vae, args.controlnet_timesteps)
+    noiser = Noiser(vae, args.controlnet_timesteps, args.noise_offset)
 
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
@@ -220,7 +229,7 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
         return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
 
     config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps,
-              "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share}
+              "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share, **offset_config(args)}
     run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config,
                     args.controlnet_more),
               {"controlnet": controlnet}, controlnet_loss, args)
@@ -250,7 +259,7 @@ def train(args):
     swing = batches.swing_poses(args.size)
     # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
     train_vae(vae, swing, args)
-    noiser = Noiser(vae)
+    noiser = Noiser(vae, offset=args.noise_offset)
     train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
     controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, swing, args)
     export(StableDiffusionControlNetPipeline(
@@ -281,6 +290,9 @@ def main(argv=None):
                         help="the ControlNet's training timesteps: cubic (T2I-Adapter's, mostly high noise) or uniform")
     parser.add_argument("--golfer-share", type=float, default=0.5,
                         help="share of golfers among the ControlNet's training pictures (the UNet's: a quarter)")
+    parser.add_argument("--noise-offset", type=float, default=0.0,
+                        help="offset noise in the UNet's and ControlNet's training (diffusers' --noise_offset; "
+                             "0.1 made night darker and better followed in a fine-tune, docs/toy_world.md)")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
