@@ -64,6 +64,14 @@ def test_a_finished_controlnet_stage_continues_to_a_longer_run(tmp_path):
         train_toy.main([*few, "--work", str(tmp_path / "work-b"), "--out", str(tmp_path / "again")])
 
 
+@pytest.mark.parametrize("flag", ["--controlnet-more=-5", "--noise-offset=-0.1"])
+def test_a_negative_added_cycle_or_offset_is_refused_before_any_work(tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as ended:
+        train_toy.main([flag, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert ended.value.code == 2 and "must be at least 0" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
 def test_an_added_cycle_restarts_the_learning_rate_below_the_first():
     first = [stages.lr_factor(s, 100, 50) for s in range(100)]
     assert first == [stages.lr_factor(s, 100) for s in range(100)]  # the main cycle does not depend on it

@@ -132,7 +132,7 @@ class Noiser:
             latents = self.vae.encode(images).latent_dist.sample() * self.scaling
         noise = torch.randn_like(latents)
         if self.offset:
-            noise = noise + self.offset * torch.randn(*latents.shape[:2], 1, 1)
+            noise = noise + self.offset * torch.randn_like(latents[:, :, :1, :1])
         timesteps = draw_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.timesteps)
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
@@ -299,6 +299,9 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    for flag in ("controlnet_more", "noise_offset"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     train(args)
 
