@@ -64,11 +64,14 @@ def test_a_finished_controlnet_stage_continues_to_a_longer_run(tmp_path):
         train_toy.main([*few, "--work", str(tmp_path / "work-b"), "--out", str(tmp_path / "again")])
 
 
-@pytest.mark.parametrize("flag", ["--controlnet-more=-5", "--noise-offset=-0.1"])
-def test_a_negative_added_cycle_or_offset_is_refused_before_any_work(tmp_path, flag, capsys):
+@pytest.mark.parametrize("flag, why", [("--controlnet-more=-5", "must be at least 0"),
+                                       ("--noise-offset=-0.1", "must be at least 0"),
+                                       ("--device=gpu0", "--device gpu0: not usable here")])
+def test_a_negative_added_cycle_or_offset_or_a_bad_device_is_refused_before_any_work(tmp_path, flag, why, capsys):
     with pytest.raises(SystemExit) as ended:
         train_toy.main([flag, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
-    assert ended.value.code == 2 and "must be at least 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and why in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not os.listdir(tmp_path)
 
 

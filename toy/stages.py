@@ -44,6 +44,8 @@ class Stage:
         state = {"config": self.config, "step": self.step, "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "modules": {k: m.state_dict() for k, m in modules.items()}}
+        if torch.cuda.is_initialized():  # a GPU run's noise is drawn there (a CPU run's file has no such entry)
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         with files.atomic_path(self.path) as temp:
             torch.save(state, temp)
 
@@ -57,7 +59,7 @@ class Stage:
     def load(self, modules):
         if not os.path.isfile(self.path):
             return False
-        state = torch.load(self.path, weights_only=False)
+        state = torch.load(self.path, map_location="cpu", weights_only=False)  # a GPU run's file loads anywhere
         if not self.continues(state):
             raise SystemExit(f"train_toy: {self.path} is a checkpoint of another model ({state.get('config')}); "
                              "move it away or pass another --work")
@@ -69,6 +71,8 @@ class Stage:
             group["lr"] = lr * self.schedule.lr_lambdas[0](state["step"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = state["step"]
         log.info("%s: resumed at step %d of %d", self.name, self.step, self.steps)
         return True

@@ -97,12 +97,17 @@ def grid_of(step, args):
 def encode_text(tokenizer, text_encoder, prompts):
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def on(device, *tensors):
+    """The batch's tensors on the training device (batches.py draws them on the CPU)."""
+    return [t.to(device) for t in tensors]
 
 
 def diffusion_loss(noise_pred, noise, timesteps, scheduler):
     """Epsilon MSE with Min-SNR-gamma weights: w = min(SNR, gamma) / SNR."""
-    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
     weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
     return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
@@ -134,6 +139,7 @@ class Noiser:
         if self.offset:
             noise = noise + self.offset * torch.randn_like(latents[:, :, :1, :1])
         timesteps = draw_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.timesteps)
+        timesteps = timesteps.to(latents.device)  # drawn on the CPU: the same draws on every device
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
         return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
 
@@ -149,14 +155,14 @@ def train_vae(vae, swing, args):
     """L1 + MSE reconstruction, the figure weighted 4x (its limbs are what pose IoU measures; toy
     world 2's arms and club 11x), a small KL term as in SD's autoencoder, and (toy world 2, --disc-weight) SD's patch
     discriminator with hinge losses from DISC_START of the steps on; then the latent scaling factor."""
-    disc = Discriminator()
+    disc = Discriminator().to(args.device)
     disc_optimizer = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
     gan_from = int(DISC_START * args.vae_steps) if args.disc_weight > 0 else args.vae_steps + 1
 
     thin = args.size >= toyworld.SIZE  # toy world 2's arms and club: what its measures look at
 
     def vae_loss(rng, step):
-        images, masks, _, _ = batches.batch(rng, args.vae_batch, swing, args.size, thin=thin)
+        images, masks = on(args.device, *batches.batch(rng, args.vae_batch, swing, args.size, thin=thin)[:2])
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample()).sample
         # figure 4x, its arms and club 11x (masks 1 and 2: 1 + 3 * 2 + 4): few pixels of the loss
@@ -182,6 +188,7 @@ def train_vae(vae, swing, args):
     vae.requires_grad_(False).eval()
     with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
         images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, args.size)[0] for k in range(8)])
+        images = images.to(args.device)
         std = vae.encode(images).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
 
@@ -196,7 +203,7 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     def unet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
-        noisy, noise, timesteps = noiser(images)
+        noisy, noise, timesteps = noiser(images.to(args.device))
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
                               noiser.scheduler)
@@ -213,13 +220,14 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
     """ControlNet from the UNet, on pose maps, the UNet and text encoder frozen; timesteps and the
     share of golfers as --controlnet-timesteps and --golfer-share say (toy world 2: cubic, a half,
     so that control is learnt where the layout is decided and the club along the forearms)."""
-    controlnet = make_controlnet(unet, vae)
+    controlnet = make_controlnet(unet, vae).to(args.device)
     noiser = Noiser(vae, args.controlnet_timesteps, args.noise_offset)
 
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
                                                  golfer_share=args.golfer_share)
+        images, maps = on(args.device, images, maps)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
@@ -255,7 +263,7 @@ def train(args):
     torch.manual_seed(args.seed)
     os.makedirs(args.work, exist_ok=True)
     tokenizer = builtin.build_tiny_tokenizer()
-    vae, text_encoder, unet = build_models(tokenizer, args.size)
+    vae, text_encoder, unet = (m.to(args.device) for m in build_models(tokenizer, args.size))
     swing = batches.swing_poses(args.size)
     # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
     train_vae(vae, swing, args)
@@ -297,11 +305,18 @@ def main(argv=None):
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to train on, e.g. cuda (the data is drawn on the CPU either way; "
+                             "the committed model was trained on the CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     for flag in ("controlnet_more", "noise_offset"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be at least 0, got {getattr(args, flag)}")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device}: not usable here ({str(error).splitlines()[0]})")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     train(args)
 
