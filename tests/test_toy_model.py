@@ -50,7 +50,7 @@ def test_fixed_noise_is_steadier_than_independent_and_copying_steadier_still(toy
     copied = frames_of(toy_pipe, maps, prompt, [techniques.Copy(STEPS * 2 // 5, "anchor")], noise="fixed")
     errors = {name: metrics.warping_error(frames, source) for name, frames in
               (("independent", independent), ("fixed", fixed), ("copied", copied))}
-    # measured when committed: flicker 8.3 / 1.2 / 0.7; warping error 0.0196 / 0.0013 / 0.0007; IoU 0.47-0.50
+    # measured when committed: flicker 7.2 / 1.4 / 0.8; warping error 0.0171 / 0.0015 / 0.0008; IoU 0.48-0.52
     assert metrics.flicker(independent, source) > 2.5 * metrics.flicker(fixed, source)
     assert errors["independent"] > 3 * errors["fixed"] and errors["fixed"] > 1.3 * errors["copied"]
     for frames in (independent, fixed, copied):
@@ -62,14 +62,14 @@ def test_the_figure_its_arms_and_the_club_follow_poses_never_seen_in_training(to
     maps = np.stack([pose_extract.draw_openpose(k, toyworld.SIZE, toyworld.SIZE) for k in poses])
     prompt = looks.Look("blue", "white", "studio").prompt("a person")
     frames = frames_of(toy_pipe, maps, prompt)
-    # the same pictures against other poses: 0.59 / 0.19 (figure), 0.46 / 0.20 (arms) when committed
+    # the same pictures against other poses: 0.64 / 0.20 (figure), 0.50 / 0.20 (arms) when committed
     assert toy_metrics.pose_iou(frames, poses, prompt) > 0.5
     assert toy_metrics.pose_iou(frames, poses, prompt) > toy_metrics.pose_iou(frames, poses[::-1], prompt) + 0.25
     assert toy_metrics.arm_iou(frames, poses, prompt) > toy_metrics.arm_iou(frames, poses[::-1], prompt) + 0.15
     golfer = looks.Look("blue", "white", "studio").prompt("a golfer")
     frames = frames_of(toy_pipe, maps, golfer)
     seen, against_others = (toy_metrics.club_visibility(frames, p, golfer) for p in (poses, poses[::-1]))
-    assert seen > against_others + 0.1  # the club along its true line: 4 of 12 frames, 1 against others' lines
+    assert seen > against_others + 0.1  # the club along its true line: 4 of 12 frames, 0 against others' lines
 
 
 @pytest.mark.parametrize("shirt", ["red", "yellow", "black"])
@@ -94,19 +94,19 @@ def test_the_peers_techniques_do_what_they_are_for(toy_pipe, swing):
     prompt = "a golfer in a red shirt and black trousers, on a golf course"
     shuffled = frames_of(toy_pipe, maps, prompt, [planners.Grid(2, shuffle=True)])
     ordered = frames_of(toy_pipe, maps, prompt, [planners.Grid(2, shuffle=False)])
-    # measured when committed: warping error 0.0124 / 0.0142
+    # measured when committed: warping error ordered 0.0141 / shuffled 0.0113
     assert metrics.warping_error(ordered, source) > 1.08 * metrics.warping_error(shuffled, source)
 
     clip_sources = Sources(None, toy_pipe, SimpleNamespace(source_frames=source))
     gated = frames_of(toy_pipe, maps, prompt, noise="flow-gated", noise_settings={"moving": clip_sources.moving(1.0)})
     independent = frames_of(toy_pipe, maps, prompt)
-    # VBench's background flickering, 1 = a still background: 0.965 / 0.902 when committed
+    # VBench's background flickering, 1 = a still background: 0.964 / 0.917 when committed
     assert 1 - metrics.background_flickering(gated, source) < 0.5 * (1 - metrics.background_flickering(independent, source))
 
     tracked = frames_of(toy_pipe, maps, prompt, [planners.TrajectoryAttention(*clip_sources.flows())])
-    assert np.abs(tracked.astype(int) - independent.astype(int)).mean() > 0.3  # 0.67/255 when committed; IoU 0.48
+    assert np.abs(tracked.astype(int) - independent.astype(int)).mean() > 0.3  # 0.58/255 when committed; IoU 0.52
     assert toy_metrics.pose_iou(tracked, keypoints, prompt) > 0.4
-    for frames in (shuffled, gated):  # 0.53, 0.46 when committed
+    for frames in (shuffled, gated):  # 0.55, 0.50 when committed
         assert toy_metrics.pose_iou(frames, keypoints, prompt) > 0.4
 
 
@@ -127,6 +127,6 @@ def test_flow_fusion_steadies_the_clip_and_keeps_the_pose(toy_pipe, swing):
     for noise, margin in (("independent", 0.5), ("fixed", 0.95)):
         plain = frames_of(toy_pipe, maps, prompt, noise=noise)
         fused = frames_of(toy_pipe, maps, prompt, [flow_fusion.FlowFusion(0.5, *steps, flows, masks)], noise=noise)
-        # measured when committed: independent 0.0196 -> 0.0036 (IoU 0.48 -> 0.61), fixed 0.00125 -> 0.00108
+        # measured when committed: independent 0.0171 -> 0.0059 (IoU 0.52 -> 0.59), fixed 0.00146 -> 0.00127
         assert metrics.warping_error(fused, source, motion) < margin * metrics.warping_error(plain, source, motion)
         assert toy_metrics.pose_iou(fused, keypoints, prompt) > toy_metrics.pose_iou(plain, keypoints, prompt) - 0.02

@@ -127,7 +127,7 @@ def test_the_golfer_share_sets_how_many_pictures_hold_a_club():
     assert golfers(0.5) == pytest.approx(0.5, abs=0.08) and golfers(0.0) == 0.0
 
 
-def test_offset_noise_shifts_each_pictures_channels_and_is_off_by_default():
+def test_offset_noise_shifts_each_pictures_channels_and_a_recipe_without_it_records_none():
     zeros = SimpleNamespace(sample=lambda: torch.zeros(64, 4, 16, 16))  # every picture encodes to zero latents
     vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0), encode=lambda images: SimpleNamespace(latent_dist=zeros))
     torch.manual_seed(0)
@@ -135,4 +135,4 @@ def test_offset_noise_shifts_each_pictures_channels_and_is_off_by_default():
     torch.manual_seed(0)
     offset = train_toy.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
     assert plain.std() < 0.1 < 0.3 < offset.std()  # 1/16 (a mean of 256 normals) against ~0.5
-    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0)) == {}  # the committed checkpoints still match
+    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0)) == {}  # the first toy world's recipe still matches

@@ -40,6 +40,7 @@ TEXT_DIM = 64
 MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
 DISC_WEIGHT = 0.5  # SD's autoencoder (taming's LPIPSWithDiscriminator): adaptive weight times this
 DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, as SD's disc_start
+NOISE_OFFSET = 0.1  # offset noise (diffusers' --noise_offset): SD's schedule leaves brightness in its last step's noise
 
 
 def build_models(tokenizer, size):
@@ -298,9 +299,9 @@ def main(argv=None):
                         help="the ControlNet's training timesteps: cubic (T2I-Adapter's, mostly high noise) or uniform")
     parser.add_argument("--golfer-share", type=float, default=0.5,
                         help="share of golfers among the ControlNet's training pictures (the UNet's: a quarter)")
-    parser.add_argument("--noise-offset", type=float, default=0.0,
+    parser.add_argument("--noise-offset", type=float, default=NOISE_OFFSET,
                         help="offset noise in the UNet's and ControlNet's training (diffusers' --noise_offset; "
-                             "0.1 made night darker and better followed in a fine-tune, docs/toy_world.md)")
+                             "without it toy world 2 draws night too bright, docs/toy_world.md; 0: none)")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
