@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) sdvideo.py --model toy $(DEMO_TECHNIQUE) --video demo/golf_swing_toy.mp4 --poses demo/golf_swing.json \
+	$(PY) sdvideo.py --model toy --guidance 3 $(DEMO_TECHNIQUE) --video demo/golf_swing_toy.mp4 --poses demo/golf_swing.json \
 		--out $(DEMO_OUT) --overwrite
 	@echo "open $(DEMO_OUT)/video.mp4 (and side_by_side.mp4)"
 
