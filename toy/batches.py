@@ -27,12 +27,13 @@ def _tile(pictures, grid):
     return np.concatenate(rows, axis=0)
 
 
-def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None):
+def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None, device="cpu"):
     """A training batch of ``count`` pictures: (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps
     (B, 3, H, W) in [0, 1], prompts. With grid > 1 each picture is a grid x grid tiling of
     size-px frames of one look (one prompt) in different poses, H = W = grid * size. With thin
     (grid 1), the masks are 1 on the figure and 2 on its arms and club (toyworld.thin_parts_mask).
-    golfer_share: as motions.sample's (None: a quarter of the subjects are golfers)."""
+    golfer_share: as motions.sample's (None: a quarter of the subjects are golfers). Drawn on the
+    CPU; the tensors are then put on ``device`` (the training device)."""
     images, masks, maps, prompts = [], [], [], []
     for _ in range(count):
         cells = [motions.sample(rng, swing, size, golfer_share=golfer_share)]
@@ -49,5 +50,5 @@ def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None):
         masks.append(_tile([c[1][..., None] for c in cells], grid)[..., 0])
         maps.append(_tile([pose_extract.draw_openpose(c[2], size, size) for c in cells], grid))
         prompts.append("" if rng.random() < PROMPT_DROPOUT else cells[0][3])
-    to_tensor = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    return to_tensor(images) * 2 - 1, torch.from_numpy(np.stack(masks)).float(), to_tensor(maps), prompts
+    to_tensor = lambda a: (torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255.0).to(device)  # noqa: E731
+    return to_tensor(images) * 2 - 1, torch.from_numpy(np.stack(masks)).float().to(device), to_tensor(maps), prompts

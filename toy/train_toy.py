@@ -101,11 +101,6 @@ def encode_text(tokenizer, text_encoder, prompts):
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
-def on(device, *tensors):
-    """The batch's tensors on the training device (batches.py draws them on the CPU)."""
-    return [t.to(device) for t in tensors]
-
-
 def diffusion_loss(noise_pred, noise, timesteps, scheduler):
     """Epsilon MSE with Min-SNR-gamma weights: w = min(SNR, gamma) / SNR."""
     alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
@@ -163,7 +158,7 @@ def train_vae(vae, swing, args):
     thin = args.size >= toyworld.SIZE  # toy world 2's arms and club: what its measures look at
 
     def vae_loss(rng, step):
-        images, masks = on(args.device, *batches.batch(rng, args.vae_batch, swing, args.size, thin=thin)[:2])
+        images, masks, _, _ = batches.batch(rng, args.vae_batch, swing, args.size, thin=thin, device=args.device)
         posterior = vae.encode(images).latent_dist
         decoded = vae.decode(posterior.sample()).sample
         # figure 4x, its arms and club 11x (masks 1 and 2: 1 + 3 * 2 + 4): few pixels of the loss
@@ -188,8 +183,8 @@ def train_vae(vae, swing, args):
               {"vae": vae, "disc": disc, "disc_optimizer": disc_optimizer}, vae_loss, args)
     vae.requires_grad_(False).eval()
     with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
-        images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, args.size)[0] for k in range(8)])
-        images = images.to(args.device)
+        images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, args.size, device=args.device)[0]
+                            for k in range(8)])
         std = vae.encode(images).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
 
@@ -203,8 +198,9 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
     def unet_loss(rng, step):
         grid = grid_of(step, args)
-        images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid)
-        noisy, noise, timesteps = noiser(images.to(args.device))
+        images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
+                                              device=args.device)
+        noisy, noise, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
                               noiser.scheduler)
@@ -227,8 +223,7 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
-                                                 golfer_share=args.golfer_share)
-        images, maps = on(args.device, images, maps)
+                                                 golfer_share=args.golfer_share, device=args.device)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
