@@ -34,6 +34,37 @@ def predicted_x0(model_output, sample, alpha_bar, prediction_type):
     raise ValueError(f"unknown prediction_type {prediction_type}")
 
 
+def predicted_noise(model_output, sample, alpha_bar, prediction_type):
+    """Noise estimate from a VP model output; shapes as ``predicted_x0``.
+
+    epsilon:      eps = model output
+    v_prediction: eps = sqrt(abar) v + sqrt(1 - abar) z_t
+    sample:       eps = (z_t - sqrt(abar) x0) / sqrt(1 - abar)
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=sample.dtype, device=sample.device)
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * model_output + (1 - alpha_bar).sqrt() * sample
+    if prediction_type == "sample":
+        return (sample - alpha_bar.sqrt() * model_output) / (1 - alpha_bar).sqrt()
+    raise ValueError(f"unknown prediction_type {prediction_type}")
+
+
+def ddim_inverse_step(model_output, sample, alpha_bar, alpha_bar_next, prediction_type="epsilon"):
+    """One step of DDIM inversion: latents (F, C, H, W) at noise level ``alpha_bar`` -> at the
+    noisier ``alpha_bar_next``, with the model output taken at the next level's timestep.
+
+    DDIM's deterministic update (Song et al. 2021, Eq. 12 with eta = 0) run up the schedule:
+    z_next = sqrt(abar_next) x0 + sqrt(1 - abar_next) eps,  x0 = (z - sqrt(1 - abar) eps) / sqrt(abar).
+    It assumes eps(z_next, t_next) ~ eps(z, t_next), exact as the steps shrink.
+    """
+    x0_pred = predicted_x0(model_output, sample, alpha_bar, prediction_type)
+    noise = predicted_noise(model_output, sample, alpha_bar, prediction_type)
+    alpha_bar_next = torch.as_tensor(alpha_bar_next, dtype=sample.dtype, device=sample.device)
+    return alpha_bar_next.sqrt() * x0_pred + (1 - alpha_bar_next).sqrt() * noise
+
+
 def inject_differences(latents, anchor_latent, differences, strength, signal_scale):
     """Move latents toward the anchor's plus the source's differences; (F, C, H, W) -> (F, C, H, W).
 

@@ -31,44 +31,78 @@ def flow_targets(rows):
     return "\n".join(lines)
 
 
-def peer_claims(by_name):
-    """The peers' papers' claims, each against the setting it compares with, and a verdict."""
-    def row(claim, before, after, key, holds):
-        a, b = by_name[before], by_name[after]
-        cost = " / ".join(f"{by_name[n]['seconds_per_frame']:.3f}" for n in (before, after))
-        memory = " / ".join(f"{by_name[n]['peak_memory_gib']:.2f}" for n in (before, after))
-        verdict = "holds" if holds(a[key], b[key]) else "does not hold"
-        return f"| {claim} | {before}: {a[key]:.4g} -> {after}: {b[key]:.4g} | {cost} | {memory} | {verdict} |"
+PEER_CLAIMS = [  # (the paper's claim and figure, measure, which way holds, [(setting, before, after), ...])
+    ("RAVE: shuffling raises warp SSIM over the same grid without (76.58 -> 80.51)", "warp_ssim", "higher",
+     [("own setting: inversion with the ControlNet, K=3", "rave-no-shuffle", "rave"),
+      ("from noise, K=2", "grid-2-no-shuffle", "grid-2"), ("from noise, K=3", "grid-3-no-shuffle", "grid-3")]),
+    ("RAVE: the grid steadies the clip against per-frame generation from the same start", "warping_error", "lower",
+     [("own setting: inversion with the ControlNet, K=3", "inversion-control", "rave"),
+      ("from noise, K=3", "independent-noise", "grid-3")]),
+    ("FLATTEN: trajectory attention about halves warping error against per-frame attention (13.40 -> 6.27)",
+     "warping_error", "halved",
+     [("own setting: inversion in 100 steps", "inversion-100", "flatten"),
+      ("from independent noise", "independent-noise", "trajectory-attention"),
+      ("from fixed noise", "fixed-noise", "trajectory-attention-fixed-noise")]),
+    ("Ground-A-Video: flow-gated noise has less background flicker than independent noise (VBench background "
+     "flickering, higher is steadier)", "background_flickering", "higher",
+     [("own setting: from noise", "independent-noise", "flow-gated-noise")]),
+    ("Ground-A-Video: flow-gated noise follows the motion better than fixed noise (pose IoU)", "pose_iou", "above",
+     [("own setting: from noise", "fixed-noise", "flow-gated-noise")]),
+    ("StreamV2V: its feature bank lowers warping error against per-frame generation (102.99 vs 117.01, its scale)",
+     "warping_error", "lower",
+     [("own setting: img2img at 0.4, fixed noise", "img2img-0.4-fixed-noise", "streamv2v"),
+      ("from independent noise", "independent-noise", "streamv2v-from-noise")]),
+    ("VidToMe: token merging lowers warping error (.013 against Text2Video-Zero's .094)", "warping_error", "lower",
+     [("own setting: inversion, against inversion alone", "inversion", "vidtome"),
+      ("from noise, against Text2Video-Zero", "preset-t2v-zero", "vidtome-from-noise"),
+      ("from noise at R = 0.5, against per-frame attention", "independent-noise", "vidtome-r0.5")]),
+    ("Rerender: cross-frame attention and flow fusion lower warping error against per-frame img2img",
+     "warping_error", "lower",
+     [("own setting: img2img at 0.75", "img2img-0.75", "rerender"),
+      ("from independent noise", "independent-noise", "rerender-from-noise")]),
+]
+HOLDS = {"higher": lambda a, b: b > a, "lower": lambda a, b: b < a, "halved": lambda a, b: b <= 0.5 * a,
+         "above": lambda a, b: b > a + 0.01}
+ON_POSE = ("rave", "flatten", "vidtome", "streamv2v", "rerender", "flow-gated-noise")
 
-    higher, lower = (lambda a, b: b > a), (lambda a, b: b < a)  # noqa: E731
-    halved = lambda a, b: b <= 0.5 * a  # noqa: E731
-    lines = ["| claim (paper's figure) | measured | s / frame | peak memory (GiB) | |", "|---|---|---|---|---|",
-             row("RAVE: shuffling raises warp SSIM over the same grid without (76.58 -> 80.51), K=2",
-                 "grid-2-no-shuffle", "grid-2", "warp_ssim", higher),
-             row("the same, K=3", "grid-3-no-shuffle", "grid-3", "warp_ssim", higher),
-             row("FLATTEN: trajectory attention alone about halves warping error against per-frame "
-                 "attention (13.40 -> 6.27), independent noise", "independent-noise", "trajectory-attention",
-                 "warping_error", halved),
-             row("the same, on fixed noise", "fixed-noise", "trajectory-attention-fixed-noise", "warping_error",
-                 halved),
-             row("Ground-A-Video: flow-gated noise has less background flicker than independent noise "
-                 "(VBench background flickering, higher is steadier)", "independent-noise", "flow-gated-noise",
-                 "background_flickering", higher),
-             row("flow-gated noise follows the motion better than fixed noise (pose IoU)", "fixed-noise",
-                 "flow-gated-noise", "pose_iou", lambda a, b: b > a + 0.01),
-             row("StreamV2V: its feature bank lowers warping error against per-frame generation "
-                 "(102.99 vs 117.01, its scale)", "independent-noise", "streamv2v", "warping_error", lower),
-             row("VidToMe: token merging lowers warping error against Text2Video-Zero (.013 vs .094)",
-                 "preset-t2v-zero", "vidtome", "warping_error", lower),
-             row("VidToMe at R = 0.5 against per-frame attention (warping error)", "independent-noise",
-                 "vidtome-r0.5", "warping_error", lower),
-             "| StreamV2V: CLIP consistency 96.58 vs 95.24; VidToMe: frame CLIP .975 vs .969 | not measured: "
-             "CLIP's weights cannot be had here (the toy world has no CLIP) | | | not measured |"]
-    new = ("grid-2", "grid-3", "trajectory-attention", "flow-gated-noise", "streamv2v", "vidtome")
-    ious = ", ".join(f"{n} {by_name[n]['pose_iou']:.3f}" for n in new)
-    on_pose = all(by_name[n]["pose_iou"] >= 0.6 for n in new)
-    lines.append(f"| every new technique stays on the pose (IoU >= 0.6) | {ious} | | | "
-                 f"{'holds' if on_pose else 'does not hold'} |")
+
+def peer_claims(by_name):
+    """The peers' papers' claims, each in its paper's own setting and from noise, against the setting it
+    compares with, and a verdict ("not run" where the runs are not at hand, as in an older world's results)."""
+    lines = ["| claim (paper's figure): setting | measured | s / frame | peak memory (GiB) | |", "|---|---|---|---|---|"]
+    for claim, key, way, settings in PEER_CLAIMS:
+        for setting, before, after in settings:
+            if before not in by_name or after not in by_name:
+                lines.append(f"| {claim}: {setting} | {before} / {after} not run | | | not run |")
+                continue
+            a, b = by_name[before], by_name[after]
+            cost = " / ".join(f"{by_name[n]['seconds_per_frame']:.3f}" for n in (before, after))
+            memory = " / ".join(f"{by_name[n]['peak_memory_gib']:.2f}" for n in (before, after))
+            verdict = "holds" if HOLDS[way](a[key], b[key]) else "does not hold"
+            lines.append(f"| {claim}: {setting} | {before}: {a[key]:.4g} -> {after}: {b[key]:.4g} | {cost} | {memory} "
+                         f"| {verdict} |")
+    lines.append("| StreamV2V: CLIP consistency 96.58 vs 95.24; VidToMe: frame CLIP .975 vs .969 | not measured: "
+                 "CLIP's weights cannot be had here (the toy world has no CLIP) | | | not measured |")
+    found = [n for n in ON_POSE if n in by_name]
+    ious = ", ".join(f"{n} {by_name[n]['pose_iou']:.3f}" for n in found)
+    on_pose = all(by_name[n]["pose_iou"] >= 0.6 for n in found)
+    lines.append(f"| every peer in its own setting stays on the pose (IoU >= 0.6) | {ious} | | | "
+                 f"{'holds' if on_pose and found else 'does not hold'} |")
+    return "\n".join(lines)
+
+
+def moved_by_setting(by_name):
+    """Per peer claim, its verdict in the paper's own setting beside its verdicts from noise, as markdown lines."""
+    table = verdicts(peer_claims(by_name))
+    lines = []
+    for claim, _, _, settings in PEER_CLAIMS:
+        found = {setting: table[f"{claim}: {setting}"] for setting, _, _ in settings}
+        own = [v for s, v in found.items() if s.startswith("own setting")]
+        noise = {s: v for s, v in found.items() if not s.startswith("own setting")}
+        if noise:
+            moved = "moved" if own and any(v != own[0] for v in noise.values()) else "same"
+            lines.append(f"- {claim}: {own[0] if own else 'not run'} in its own setting; "
+                         + "; ".join(f"{v} {s}" for s, v in noise.items()) + f" ({moved})")
     return "\n".join(lines)
 
 
@@ -118,5 +152,5 @@ def changed_verdicts(by_name, first_world):
     for claims in (seed_claims, peer_claims):
         now, before = verdicts(claims(by_name)), verdicts(claims(first_world))
         lines += [f"- {claim}: {before[claim]} on the 64 px model, {verdict} now" for claim, verdict in now.items()
-                  if claim in before and before[claim] != verdict]
+                  if claim in before and before[claim] != verdict and "not run" not in (before[claim], verdict)]
     return "\n".join(lines) or "- none: every claim has the verdict it had on the 64 px model"

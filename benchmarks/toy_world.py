@@ -44,7 +44,8 @@ from toy import looks  # noqa: E402
 from toy import motions  # noqa: E402
 from toy import toy_metrics as tm  # noqa: E402
 from toy import toyworld as tw  # noqa: E402
-from toy_claims import changed_verdicts, flow_targets, peer_claims, seed_claims, verdict  # noqa: E402
+from sections import write_section  # noqa: E402
+from toy_claims import changed_verdicts, flow_targets, moved_by_setting, peer_claims, seed_claims, verdict  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
@@ -192,11 +193,19 @@ The original project's own claims (`../shared/seed.md`), tested in this table's 
 
 {seed_claims(by_name)}
 
-The newer training-free techniques' claims, tested in this table's runs (s / frame and peak memory
-of the two settings compared, on this machine; the papers measure other models and data, so only
-the direction is compared):
+The newer training-free techniques' claims, tested in this table's runs, each in its paper's own
+setting (the DDIM inversion of the source, or img2img at the paper's strength; presets `rave`,
+`flatten`, `vidtome`, `streamv2v`, `rerender`) against per-frame generation from the same start, and
+from noise as before. s / frame and peak memory of the two settings compared, on this machine (an
+inversion is paid by the first run of its setting and read from the cache after); the papers measure
+other models and data, so only the direction is compared. Each verdict is one run of one clip and
+seed: an anecdote until the intervals over seeds and clips are in.
 
 {peer_claims(by_name)}
+
+Which verdicts moved between noise and the papers' own settings:
+
+{moved_by_setting(by_name)}
 
 Verdicts that changed from the first toy world's model (64 px, attention at half and a quarter of
 its latent resolution; its runs: `benchmarks/results/toy_world_64.json`):
@@ -216,19 +225,6 @@ def first_world():
         return {r["run"].removeprefix("swing-"): r for r in json.load(f)["techniques"]}
 
 
-def write_section(text):
-    path = os.path.join(ROOT, "BENCHMARKS.md")
-    with open(path, encoding="utf-8") as f:
-        content = f.read()
-    if MARKERS[0] in content:
-        before, rest = content.split(MARKERS[0], 1)
-        content = before + text + rest.split(MARKERS[1], 1)[1]
-    else:
-        content += "\n## The toy world: what the techniques do\n\n" + text + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(content)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -245,7 +241,7 @@ def main(argv=None):
         text = report(measured, measured["techniques"], args)
         with open(os.path.join(RESULTS, "toy_world.md"), "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        return write_section(text)
+        return write_section(text, MARKERS, "The toy world: what the techniques do")
     started = time.perf_counter()
     pipe = models.load_pipeline(models.ModelSpec(model=models.TOY, device="cpu"))
     measured = {"model": following(args.count, lambda poses, prompt, seed: generate(
@@ -267,7 +263,7 @@ def main(argv=None):
     text = report(measured, rows, args)
     with open(os.path.join(RESULTS, "toy_world.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    write_section(text)
+    write_section(text, MARKERS, "The toy world: what the techniques do")
     print(text)
 
 

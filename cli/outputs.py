@@ -243,6 +243,15 @@ def technique_record(found, driver):
     return [{"technique": type(t).__name__, **fields(t)} for t in (*found, *([driver] if driver else []))]
 
 
+def inversion_cost(found):
+    """--invert-source's evaluations per frame and whether this run read them from the cache, or None."""
+    for technique in found:
+        if getattr(technique, "inversion", None) is not None:
+            return {k: technique.inversion[k] for k in ("unet_evals_per_frame", "controlnet_evals_per_frame",
+                                                        "from_cache")}
+    return None
+
+
 def run_record(args, clip, pipe, found, driver, stats, timings):
     """run.json: arguments, seeds, techniques, models (only those loaded), versions, cost and the
     shell command that reproduces the run."""
@@ -270,6 +279,7 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
         "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
                  "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
                  "seconds_per_frame": timings["total_s"] / num_frames,
-                 "peak_memory_gib": peak_memory_gib(pipe._execution_device)},
+                 "peak_memory_gib": peak_memory_gib(pipe._execution_device),
+                 "inversion": inversion_cost(found)},
         "command": shlex.join(["python", "sdvideo.py", *args.argv]),
     }

@@ -14,7 +14,8 @@ import torch
 
 from cli import outputs
 from cli.run_args import (DEMO_POSES, MAX_CONTROLNET_SCALE, MAX_FPS, MAX_SIDE, MODEL_DEFAULTS, PRESETS,  # noqa: F401
-                          SIZE_MULTIPLE, TOY_MODELS, TOY_PROMPT, add_run_parser, preset_defaults)
+                          SIZE_MULTIPLE, TOY_MODELS, TOY_PROMPT, add_run_parser, preset_defaults,
+                          preset_start)
 from common.errors import UserError
 from common.files import ROOT
 from loading import adapters, controls, inputs, models
@@ -53,6 +54,9 @@ def validate(args, default_out=True):
     for name in args.control[1:]:  # the real models' default ControlNet for each extra control
         if getattr(args, f"controlnet_{name}") is None and args.model is None:
             setattr(args, f"controlnet_{name}", controls.DEFAULT_CONTROLNETS[name])
+    start = preset_start(args.preset) if args.preset else None
+    if start and args.video is None:
+        raise UserError(f"--preset {args.preset} starts from {start}: give the clip with --video")
     for ok, message in value_checks(args):
         if not ok:
             raise UserError(message)
@@ -141,15 +145,9 @@ def noise_settings(args, sources=None):
     return {}
 
 
-def controlnet_scales(args):
-    """--controlnet-scale for the loop: a float for the pose alone, else one per control."""
-    scales = args.controlnet_scale * (len(args.control) if len(args.controlnet_scale) == 1 else 1)
-    return scales[0] if len(args.control) == 1 else scales
-
-
 def generation_config(args, sources=None):
     return pipeline.GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                                     guidance=args.guidance, controlnet_scale=controlnet_scales(args),
+                                     guidance=args.guidance, controlnet_scale=controls.loop_scales(args.control, args.controlnet_scale),
                                      control_start=args.control_start, control_end=args.control_end, seed=args.seed,
                                      noise=args.noise, noise_settings=noise_settings(args, sources),
                                      batch_size=args.batch_size,
@@ -251,9 +249,8 @@ def _execute_in_memory(args, pipe, timings, started):
 def generate_latents(args, pipe, clip, found, driver, sources):
     """The loop over the clip's control maps (pose, then the extra controls) -> latents, LoopStats."""
     try:
-        maps = controls.stack(clip.pose_maps, controls.extra_maps(args.control, clip.source_frames, args.canny_low,
-                                                                  args.canny_high, args.annotator_path))
-        return pipeline.generate(pipe, maps, generation_config(args, sources), found, driver, progress=not args.quiet)
+        return pipeline.generate(pipe, sources.control_maps(), generation_config(args, sources), found, driver,
+                                 progress=not args.quiet)
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at --batch-size {args.batch_size}, {args.width}x{args.height}, "
                         f"{args.dtype}; lower --batch-size or use --dtype fp16") from None

@@ -41,17 +41,35 @@ PRESETS = {
     # Text2Video-Zero without its motion dynamics: one noise, every frame attends to the first
     "t2v-zero": {"noise": {"kind": "fixed"}, "cross-frame-attention": {"mode": "anchor"},
                  "common": {"anchor": "first"}},
-    # the newer training-free methods, each as this harness builds it
-    "rave": {"grid": {"k": 2, "shuffle": True}},
-    "flatten": {"noise": {"kind": "fixed"}, "trajectory-attention": {"on": True}},
+    # the newer training-free methods in their papers' own settings (docs/techniques.md cites each code):
+    # RAVE: DDIM inversion with the empty prompt and the ControlNet (give_control_inversion), 3x3 grids reshuffled
+    "rave": {"inversion": {"on": True, "strength": 1.0, "prompt": "", "control": True}, "grid": {"k": 3, "shuffle": True}},
+    # FLATTEN: 100 inversion steps with the empty prompt, trajectory attention
+    "flatten": {"inversion": {"on": True, "strength": 1.0, "prompt": "", "steps": 100},
+                "trajectory-attention": {"on": True}},
     "flow-gated": {"noise": {"kind": "flow-gated"}},
-    # StreamV2V's defaults: a one-frame bank merged ToMe-style, decoder outputs fused at 0.8 where cos >= 0.98
-    "streamv2v": {"feature-bank": {"frames": 1, "fusion": 0.8, "threshold": 0.98}},
-    # VidToMe's defaults: chunks of 4 frames, local merge 0.9, global merge 0.8
-    "vidtome": {"token-merge": {"ratio": 0.9, "chunk": 4, "global_ratio": 0.8}},
+    # StreamV2V: img2img at noise strength 0.4 from one fixed noise, a one-frame bank, decoder features fused at
+    # 0.8 where cos >= 0.98
+    "streamv2v": {"noise": {"kind": "fixed"}, "sdedit": {"on": True, "strength": 0.4},
+                  "feature-bank": {"frames": 1, "fusion": 0.8, "threshold": 0.98}},
+    # VidToMe: DDIM inversion without control, chunks of 4 frames, local merge 0.9, global merge 0.8
+    "vidtome": {"inversion": {"on": True, "strength": 1.0}, "token-merge": {"ratio": 0.9, "chunk": 4, "global_ratio": 0.8}},
+    # Rerender-A-Video: img2img at x0_strength 0.75, cross-frame attention to the first and previous frames, flow
+    # fusion of x0 in the first 10 % (warp_period) and of the latent from 50 to 80 % at 0.5 (mask_period, mask_strength)
+    "rerender": {"sdedit": {"on": True, "strength": 0.75}, "cross-frame-attention": {"mode": "anchor+previous"},
+                 "common": {"anchor": "first"},
+                 "flow-fusion": {"weight": 0.5, "x0_steps": "0:0.1", "latent_steps": "0.5:0.8"}},
 }
 COMMON_FLAGS = {"noise": {"kind": "noise", "drift": "noise_drift", "flow_threshold": "noise_flow_threshold"},
                 "common": {"anchor": "anchor"}}
+
+
+SOURCE_STARTS = {"inversion": "the DDIM inversion of the source clip", "sdedit": "the source clip, noised (img2img)"}
+
+
+def preset_start(name):
+    """What a preset starts frames from, where that is the source clip (it then needs --video), else None."""
+    return next((SOURCE_STARTS[t] for t in PRESETS[name] if t in SOURCE_STARTS), None)
 
 
 def preset_defaults(name):

@@ -58,6 +58,13 @@ def extra_maps(names, source_frames, canny_low=100, canny_high=200, annotator_pa
     return [makers[name]() for name in names if name != "pose"]
 
 
+def loop_scales(names, controlnet_scale):
+    """--controlnet-scale for the loop: a float for the pose alone, else one per control (a single
+    value given for several controls serves each)."""
+    scales = list(controlnet_scale) * (len(names) if len(controlnet_scale) == 1 else 1)
+    return scales[0] if len(names) == 1 else scales
+
+
 def stack(pose_maps, maps):
     """The loop's control maps: (F, H, W, 3) pose maps and extra maps -> (F, H, W, 3 K)."""
     return np.concatenate([pose_maps, *maps], axis=-1) if maps else pose_maps

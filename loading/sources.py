@@ -1,4 +1,5 @@
-"""What techniques read from the source clip: its VAE latents, optical flow and pose alignment.
+"""What techniques read from the source clip: its VAE latents, their DDIM inversion, optical flow,
+pose alignment and the control maps.
 
 ``Sources(args, pipe, clip)`` computes each on first use (a run that needs none pays nothing);
 ``save_bank``/``load_bank`` keep a reference clip's source latents and poses in a safetensors file
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 import pose_extract
 from common import files
 from common.errors import UserError
-from loading import flow
+from loading import controls, flow, inversions
 from loop import pipeline, predict
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Sources:
 
     def __init__(self, args, pipe, clip):
         self.args, self.pipe, self.clip = args, pipe, clip
-        self._latents = self._bank_keypoints = self._flows = None
+        self._latents = self._bank_keypoints = self._flows = self._control_maps = None
 
     def latents(self):
         """E(v) of the source frames (F, 4, h, w) from --residuals or the video."""
@@ -73,6 +74,25 @@ class Sources:
             return latents, None if keypoints is None else keypoints.numpy()
         batch = args.batch_size or predict.AUTO_BATCH_CPU
         return pipeline.encode(pipe, self.clip.source_frames, batch).float().cpu(), None
+
+    def control_maps(self):
+        """The loop's control maps (F, H, W, 3 K): the pose maps, then the extra controls' from the source."""
+        if self._control_maps is None:
+            args = self.args
+            self._control_maps = controls.stack(self.clip.pose_maps, controls.extra_maps(
+                args.control, self.clip.source_frames, args.canny_low, args.canny_high, args.annotator_path))
+        return self._control_maps
+
+    def inverted(self):
+        """--invert-source: the source latents inverted to where denoising starts (F, 4, h, w), and
+        what run.json records of the inversion (loading/inversions.py)."""
+        args = self.args
+        models = {name: getattr(args, name) for name in ("model", "base", "controlnet", "vae", "lora", "embedding")}
+        request = inversions.InversionRequest(args.source_prompt, args.steps, args.inversion_steps or args.steps,
+                                              args.strength, args.inversion_control,
+                                              controls.loop_scales(args.control, args.controlnet_scale),
+                                              args.batch_size, models)
+        return inversions.inverted(self.pipe, self.latents(), self.control_maps(), request, not args.quiet)
 
     def matrices(self):
         """Source-to-generated pose similarities (F, 2, 3) in latent pixels, where both poses are known."""

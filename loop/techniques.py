@@ -17,6 +17,7 @@ import torch
 import latent_ops
 from common.errors import UserError
 from loop.indices import check_steps, parse_step, parse_step_range, previous_index, resolve_anchor
+from loop.inversion import start_step
 from loop.pipeline import Technique
 
 MULTISTEP = ("dpm++", "unipc")  # schedulers that keep the model outputs of earlier steps
@@ -63,7 +64,9 @@ class StartFromLatents(Technique, Registered):
     def add_arguments(group):
         group.add_argument("--init-from-source", action="store_true",
                            help="start each frame from its source frame's latent noised to --strength (SDEdit)")
-        group.add_argument("--strength", type=float, default=0.7, help="--init-from-source: fraction of the schedule run")
+        group.add_argument("--strength", type=float, default=0.7,
+                           help="--init-from-source, --invert-source: fraction of the schedule run (where denoising "
+                                "starts)")
 
     @staticmethod
     def check(args):
@@ -77,12 +80,11 @@ class StartFromLatents(Technique, Registered):
         return cls(sources.latents(), args.strength) if args.init_from_source else None
 
     def cost(self, num_frames, num_steps):
-        return min(int(round(num_steps * self.strength)), num_steps) / num_steps
+        return 1 - start_step(num_steps, self.strength) / num_steps
 
     def setup(self, info):
         self.info = info
-        num_steps = len(info.timesteps)
-        self.start = num_steps - min(int(round(num_steps * self.strength)), num_steps)
+        self.start = start_step(len(info.timesteps), self.strength)
 
     def first_steps(self):
         return [self.start] * len(self.info.frame_ids)
@@ -94,6 +96,62 @@ class StartFromLatents(Technique, Registered):
             return clean
         timestep = self.info.timesteps[self.start:self.start + 1].repeat(len(clean))
         return self.info.scheduler.add_noise(clean, self.info.noise, timestep)
+
+
+@dataclass
+class StartFromInversion(Technique, Registered):
+    """Start frames from their source frame's DDIM inversion (RAVE, FLATTEN, VidToMe): the source
+    latents run up the schedule to the step ``strength`` starts at (loop/inversion.py)."""
+
+    inverted_latents: torch.Tensor  # (F_clip, 4, h, w) at the timestep denoising starts
+    inversion: dict  # what run.json records: the climb's timesteps and evaluations, the cache
+    strength: float
+    sets_start = True
+    name, summary = "inversion", "start each frame from its source frame's DDIM inversion"
+    flags = {"on": "invert_source", "strength": "strength", "prompt": "source_prompt", "steps": "inversion_steps",
+             "control": "inversion_control"}
+
+    @staticmethod
+    def add_arguments(group):
+        group.add_argument("--invert-source", action="store_true",
+                           help="start each frame from its source frame's DDIM inversion, climbed to where --strength "
+                                "starts (needs --video and --scheduler ddim)")
+        group.add_argument("--source-prompt", default="", help="--invert-source: the prompt inversion runs with")
+        group.add_argument("--inversion-steps", type=int, default=None,
+                           help="--invert-source: the inversion's schedule (default: --steps)")
+        group.add_argument("--inversion-control", action="store_true",
+                           help="--invert-source: run the ControlNet with the clip's control maps while inverting "
+                                "(RAVE's give_control_inversion)")
+
+    @staticmethod
+    def check(args):
+        if args.inversion_steps is not None and args.inversion_steps < 1:
+            raise UserError("--inversion-steps must be at least 1")
+        if not args.invert_source:
+            return
+        needs_source(args, "--invert-source")
+        if args.init_from_source:
+            raise UserError("--invert-source and --init-from-source both choose where frames start; give one")
+        if args.scheduler != "ddim":
+            raise UserError(f"--invert-source runs DDIM inversion and needs --scheduler ddim (got {args.scheduler})")
+
+    @classmethod
+    def from_args(cls, args, sources):
+        return cls(*sources.inverted(), args.strength) if args.invert_source else None
+
+    def cost(self, num_frames, num_steps):
+        climb = 0 if self.inversion["from_cache"] else self.inversion["unet_evals_per_frame"]
+        return 1 - start_step(num_steps, self.strength) / num_steps + climb / num_steps
+
+    def setup(self, info):
+        self.frame_ids = info.frame_ids
+        self.start = start_step(len(info.timesteps), self.strength)
+
+    def first_steps(self):
+        return [self.start] * len(self.frame_ids)
+
+    def initial_latents(self, latents):
+        return self.inverted_latents[self.frame_ids].to(latents.device, latents.dtype)
 
 
 @dataclass
@@ -118,6 +176,10 @@ class Copy(Technique, Registered):
         if args.copy_step is None:
             return
         check_steps("--copy-step", args.copy_step, args.steps, single=True)
+        start = start_step(args.steps, args.strength) if args.init_from_source or args.invert_source else 0
+        if parse_step(args.copy_step, args.steps) < start:
+            raise UserError(f"--copy-step {args.copy_step} comes before step {start}, where --strength {args.strength:g} "
+                            "starts denoising: the copy would never happen; copy at a later step")
         if args.copy_from == "previous" and args.scheduler in MULTISTEP:
             raise UserError(f"--copy-from previous cannot run with --scheduler {args.scheduler}: a multistep solver "
                             "keeps each frame's history, which a frame given its predecessor's latent does not have; "

@@ -100,6 +100,12 @@ def background_flickering(frames, source_frames, motion=None):
     return (255 - float(np.mean(differences))) / 255 if differences else 1.0
 
 
+def psnr(frames, reference):
+    """Peak signal-to-noise ratio in dB of uint8 frames (..., H, W, 3) against ``reference``, over all pixels."""
+    error = np.mean((np.asarray(frames, np.float64) - np.asarray(reference, np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0 ** 2 / error))
+
+
 def mean_temporal_difference(frames):
     """Mean absolute difference of consecutive frames, colours in [0, 1]."""
     frames = np.asarray(frames, dtype=np.float64) / 255
