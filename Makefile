@@ -11,7 +11,7 @@ DEMO_OUT ?= outputs/demo
 # The demo's temporal technique (README, "The toy world": the steadiest that keeps the pose).
 DEMO_TECHNIQUE ?= --noise fixed --copy-step 0.4
 
-.PHONY: demo test sweep toy-model browser install clean
+.PHONY: demo test sweep toy-model browser install app clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,19 @@ $(VENV)/.mediapipe: $(VENV)/.installed requirements-mediapipe.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-mediapipe.txt
 	touch $@
 
-test: install $(VENV)/.mediapipe
+# Gradio for the web app (cli/app.py) and its browser test; kept out of `make demo`'s install.
+# The constraint keeps the installed torch (gradio does not need one; nothing may swap it).
+$(VENV)/.app: $(VENV)/.installed requirements-app.txt
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -r requirements-app.txt
+	touch $@
+
+test: install $(VENV)/.mediapipe $(VENV)/.app
 	$(PY) -m pytest -q tests
+
+# The web app on http://127.0.0.1:7860 (this machine only): the toy model and the bundled swing.
+app: install $(VENV)/.app
+	$(PY) sdvideo.py app
 
 sweep: install
 	$(PY) sdvideo.py sweep demo/toy_sweep.yaml

@@ -9,7 +9,8 @@ and on real weights (SD 2.1 base + the OpenPose ControlNet, from the HF cache or
     python sdvideo.py --video swing.mp4 --prompt "an astronaut swinging a golf club"
 
 Commands (``run`` is the default): ``run`` (cli/run.py), ``evaluate`` (measure/metrics.py), ``sweep``
-(measure/sweep.py), ``extract`` (pose_extract.py); each module declares its own parser. This module only
+(measure/sweep.py), ``extract`` (pose_extract.py), ``app`` (cli/app.py: the web page,
+``python sdvideo.py app``); each module declares its own parser. This module only
 registers them, parses, and turns a user's error into one line and exit status 2.
 """
 import argparse
@@ -27,12 +28,12 @@ transformers_logging.set_verbosity_error()
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 import pose_extract  # noqa: E402
-from cli import run  # noqa: E402
+from cli import app, run  # noqa: E402
 from cli.api import Result, generate, load  # noqa: E402,F401  (the Python API: `import sdvideo; sdvideo.generate(...)`)
 from common.errors import UserError  # noqa: E402,F401  (raised by the API too)
 from measure import metrics, sweep  # noqa: E402
 
-COMMANDS = ("run", "evaluate", "sweep", "extract")
+COMMANDS = ("run", "evaluate", "sweep", "extract", "app")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,11 +47,13 @@ def build_parser():
     """The parser with one subparser per command; -> (parser, the run command's parser)."""
     parser = OneLineParser(prog="sdvideo.py", description=__doc__.split("\n\n")[0] + " The command defaults to "
                            "'run': `sdvideo.py --video swing.mp4 --prompt ...` is `sdvideo.py run ...`.")
-    subparsers = parser.add_subparsers(dest="command", metavar="{run,evaluate,sweep,extract}", parser_class=OneLineParser)
+    subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}",
+                                       parser_class=OneLineParser)
     run_parser = run.run_command_parser(subparsers)
     metrics.evaluate_command_parser(subparsers)
     sweep.sweep_command_parser(subparsers, generate=main, run_flags=[a.dest for a in run_parser._actions])
     pose_extract.extract_command_parser(subparsers)
+    app.app_command_parser(subparsers)
     return parser, run_parser
 
 
