@@ -31,6 +31,10 @@ def flow_targets(rows):
     return "\n".join(lines)
 
 
+PROBE_TARGET = 0.7  # the attention probe's ratio under which the toy model carries a look through attention
+# The attention probe's row (benchmarks/attention_probe.py) of the mechanism each peer works through.
+MECHANISM = {"RAVE": "grid (RAVE, K=2)", "FLATTEN": "cross-frame attention", "StreamV2V": "bank (StreamV2V)",
+             "VidToMe": "merging (VidToMe)", "Rerender": "cross-frame attention"}
 PEER_CLAIMS = [  # (the paper's claim and figure, measure, which way holds, [(setting, before, after), ...])
     ("RAVE: shuffling raises warp SSIM over the same grid without (76.58 -> 80.51)", "warp_ssim", "higher",
      [("own setting: inversion with the ControlNet, K=3", "rave-no-shuffle", "rave"),
@@ -66,9 +70,21 @@ HOLDS = {"higher": lambda a, b: b > a, "lower": lambda a, b: b < a, "halved": la
 ON_POSE = ("rave", "flatten", "vidtome", "streamv2v", "rerender", "flow-gated-noise")
 
 
-def peer_claims(by_name):
+def measurable(claim, probe):
+    """None where the toy world can judge the claim, else the verdict cell that says why it cannot: the
+    probe's worst ratio for the attention mechanism the claim's technique works through is above target."""
+    mechanism = MECHANISM.get(claim.split(":")[0])
+    if probe is None or mechanism is None:
+        return None
+    ratio = max(probe["ratios"][mechanism].values())
+    return None if ratio <= PROBE_TARGET else f"not measurable on the toy world ({mechanism}: probe ratio {ratio:.2f})"
+
+
+def peer_claims(by_name, probe=None):
     """The peers' papers' claims, each in its paper's own setting and from noise, against the setting it
-    compares with, and a verdict ("not run" where the runs are not at hand, as in an older world's results)."""
+    compares with, and a verdict ("not run" where the runs are not at hand, as in an older world's results;
+    "not measurable" where ``probe``, the attention probe's results, says the toy model cannot carry a look
+    through the mechanism the technique uses: the direction measured then follows in brackets)."""
     lines = ["| claim (paper's figure): setting | measured | s / frame | peak memory (GiB) | |", "|---|---|---|---|---|"]
     for claim, key, way, settings in PEER_CLAIMS:
         for setting, before, after in settings:
@@ -79,6 +95,8 @@ def peer_claims(by_name):
             cost = " / ".join(f"{by_name[n]['seconds_per_frame']:.3f}" for n in (before, after))
             memory = " / ".join(f"{by_name[n]['peak_memory_gib']:.2f}" for n in (before, after))
             verdict = "holds" if HOLDS[way](a[key], b[key]) else "does not hold"
+            unmeasurable = measurable(claim, probe)
+            verdict = f"{unmeasurable} (measured: {verdict})" if unmeasurable else verdict
             lines.append(f"| {claim}: {setting} | {before}: {a[key]:.4g} -> {after}: {b[key]:.4g} | {cost} | {memory} "
                          f"| {verdict} |")
     lines.append("| StreamV2V: CLIP consistency 96.58 vs 95.24; VidToMe: frame CLIP .975 vs .969 | not measured: "

@@ -189,19 +189,30 @@ it, on the swing and on a second motion, jumping jacks (`demo/jumping_jacks.json
 
 {flow_targets(measured['flow_fusion'])}
 
-The original project's own claims (`../shared/seed.md`), tested in this table's runs:
+{claims(by_name)}
+
+![trade-off](benchmarks/results/toy_trade_off.png)
+{MARKERS[1]}"""
+
+
+def claims(by_name):
+    """The claims sections of the report: the seed's, the peers' (in their settings and from noise), what moved."""
+    return f"""The original project's own claims (`../shared/seed.md`), tested in this table's runs:
 
 {seed_claims(by_name)}
 
 The newer training-free techniques' claims, tested in this table's runs, each in its paper's own
 setting (the DDIM inversion of the source, or img2img at the paper's strength; presets `rave`,
 `flatten`, `vidtome`, `streamv2v`, `rerender`) against per-frame generation from the same start, and
-from noise as before. s / frame and peak memory of the two settings compared, on this machine (an
-inversion is paid by the first run of its setting and read from the cache after); the papers measure
-other models and data, so only the direction is compared. Each verdict is one run of one clip and
-seed: an anecdote until the intervals over seeds and clips are in.
+from noise as before. A technique that works through attention is "not measurable on the toy world"
+while the attention probe (`benchmarks/attention_probe.py`, its own section) finds the toy model
+pushing frames apart through that mechanism instead of carrying frame 0's look (ratio above 0.7).
+s / frame and peak memory of the two settings compared, on this machine (an inversion is paid by the
+first run of its setting and read from the cache after); the papers measure other models and data,
+so only the direction is compared. Each verdict is one run of one clip and seed: an anecdote until
+the intervals over seeds and clips are in.
 
-{peer_claims(by_name)}
+{peer_claims(by_name, attention_probe())}
 
 Which verdicts moved between noise and the papers' own settings:
 
@@ -210,10 +221,16 @@ Which verdicts moved between noise and the papers' own settings:
 Verdicts that changed from the first toy world's model (64 px, attention at half and a quarter of
 its latent resolution; its runs: `benchmarks/results/toy_world_64.json`):
 
-{changed_verdicts(by_name, first_world())}
+{changed_verdicts(by_name, first_world())}"""
 
-![trade-off](benchmarks/results/toy_trade_off.png)
-{MARKERS[1]}"""
+
+def attention_probe():
+    """benchmarks/attention_probe.py's results, or None where it has not run."""
+    path = os.path.join(RESULTS, "attention_probe.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def first_world():

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.text  # noqa: E402
 import matplotlib.transforms  # noqa: E402
 
-from measure import metrics  # noqa: E402
+from measure import intervals, metrics  # noqa: E402
 
 log = logging.getLogger("sweep")
 METRICS = ("warping_error", "warp_ssim", "flicker", "background_flickering", "clip_consistency_consecutive",
@@ -28,19 +28,37 @@ TRADE_OFF = "trade_off.png"  # warping error against seconds per frame, a point 
 
 
 def write_results(config, rows):
-    """results.csv, results.md, plots/<metric>.png and report.html in the sweep folder."""
+    """results.csv, results.md (with the settings' means and intervals), plots/<metric>.png and report.html."""
     out = config["out"]
-    columns = ["run"] + [m for m in METRICS if any(r.get(m) is not None for r in rows)]
-    columns += ["error"] if any(r.get("error") for r in rows) else []
+    measured = [m for m in METRICS if any(r.get(m) is not None for r in rows)]
+    columns = ["run", "seed"] + measured + (["error"] if any(r.get("error") for r in rows) else [])
     with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + ["flags"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=["run", "setting", *columns[1:], "flags"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    summary = intervals.summarize(rows, measured)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n" + metrics.format_table(rows, columns) + "\n")
-    write_plots(out, [r for r in rows if not r.get("error")], [c for c in columns[1:] if c != "error"])
-    write_report(out, rows, columns)
+        f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n" + metrics.format_table(rows, columns) + "\n\n"
+                + SUMMARY_NOTE + "\n\n" + metrics.format_table(summary_cells(summary, measured), ["setting", "runs", *measured])
+                + "\n")
+    write_plots(out, [r for r in rows if not r.get("error")], measured)
+    write_report(out, rows, columns, summary, measured)
     log.info("\n%s\nwrote %s/results.csv, results.md, plots/, report.html", metrics.format_table(rows, columns), out)
+
+
+SUMMARY_NOTE = ("Each setting's mean over its runs (seeds and inputs), with its 95 % bootstrap interval over "
+                "them in brackets (one run: no interval).")
+
+
+def interval_text(interval, runs):
+    mean, low, high = interval
+    return f"{mean:.4g}" if runs == 1 else f"{mean:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def summary_cells(summary, measured):
+    """The summary as table rows of text cells."""
+    return [{"setting": s["setting"], "runs": s["runs"],
+             **{m: interval_text(s[m], s["runs"]) for m in measured if m in s}} for s in summary]
 
 
 def write_plots(out, rows, columns):
@@ -165,7 +183,7 @@ def plot_trade_off(path, rows):
 REPORT_SCRIPT = """
 document.querySelectorAll("th[data-key]").forEach(function (header, column) {
   header.addEventListener("click", function () {
-    var body = document.querySelector("tbody");
+    var body = document.querySelector("#runs tbody");
     var rows = Array.prototype.slice.call(body.rows);
     var ascending = header.dataset.order !== "asc";
     header.dataset.order = ascending ? "asc" : "desc";
@@ -181,8 +199,9 @@ document.querySelectorAll("th[data-key]").forEach(function (header, column) {
 """
 
 
-def write_report(out, rows, columns):
-    """report.html: one row per run with its flags, metrics and side-by-side video; click a header to sort."""
+def write_report(out, rows, columns, summary=(), measured=()):
+    """report.html: each setting's means with their intervals, then one row per run with its flags,
+    metrics and side-by-side video; click a header to sort."""
     head = "".join(f'<th data-key="{html.escape(c)}">{html.escape(c.replace("_", " "))}</th>' for c in columns)
     body = []
     for row in rows:
@@ -204,13 +223,18 @@ def write_report(out, rows, columns):
     names.sort(key=lambda n: n != TRADE_OFF)  # the trade-off first
     plots = "<h2>Plots</h2>" + "".join(
         f'<figure><img src="plots/{html.escape(n)}" alt="{html.escape(n[:-4])}"></figure>' for n in names) if names else ""
+    means = "".join("<tr>" + "".join(f"<td>{html.escape(str(c.get(k, '-')))}</td>" for k in ("setting", "runs", *measured))
+                    + "</tr>" for c in summary_cells(summary, measured))
+    means_table = (f"<h2>Means over seeds and inputs</h2><p>{html.escape(SUMMARY_NOTE)}</p><table><thead><tr>"
+                   + "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in ("setting", "runs", *measured))
+                   + f"</tr></thead><tbody>{means}</tbody></table><h2>Runs</h2>") if summary else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sdvideo sweep</title>
 <style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}} th[data-key]{{cursor:pointer;background:#eef}}
 code{{font-size:0.8em}} tr.failed{{background:#fdd}}</style></head>
-<body><h1>sdvideo sweep</h1><p>Click a column header to sort. Left: source or pose; right: generated.</p>
-<table><thead><tr>{head}<th>video</th><th>flags</th></tr></thead>
+<body><h1>sdvideo sweep</h1>{means_table}<p>Click a column header to sort. Left: source or pose; right: generated.</p>
+<table id="runs"><thead><tr>{head}<th>video</th><th>flags</th></tr></thead>
 <tbody>{"".join(body)}</tbody></table>
 {plots}
 <script>{REPORT_SCRIPT}</script></body></html>

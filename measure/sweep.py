@@ -9,6 +9,7 @@ with the same flags is skipped, so a crashed sweep resumes by running the same c
 process then writes ``results.csv``, ``results.md`` (sorted by ``sort_by``), ``plots/*.png`` and
 ``report.html`` (the side-by-side videos inline, sortable by any metric, opens from the file system).
 """
+import collections
 import contextlib
 import difflib
 import io
@@ -30,9 +31,13 @@ from measure.report import HIGHER_IS_BETTER, METRICS, write_results
 
 log = logging.getLogger(__name__)
 RUN_FLAGS = "sweep_flags.json"  # the flags a run folder was made with
-TOP_KEYS = ("out", "sort_by", "common", "inputs", "prompts", "settings", "grid", "evaluate")
+TOP_KEYS = ("out", "sort_by", "common", "inputs", "prompts", "settings", "grid", "seeds", "evaluate")
 INPUT_KEYS = ("name", "video", "poses", "residuals")
 EVALUATE_KEYS = ("no_clip", "clip_model", "pose_backend", "annotator_path")
+# One run of a sweep: its folder name and flags, the setting it belongs to across inputs and seeds, its seed.
+Run = collections.namedtuple("Run", "name flags setting seed")
+
+
 def safe_name(name):
     """A run name as a folder name: letters, digits and ._=+- only, no leading dot (so never '..')."""
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(name)).lstrip(".") or "run"
@@ -68,6 +73,10 @@ def check_config(path, config, flags=None):
     prompts = config.get("prompts")
     need(prompts is None or (isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)),
          "'prompts' must be a list of strings, like [\"a golfer\"] (one prompt too)")
+    seeds = config.get("seeds")
+    need(seeds is None or (isinstance(seeds, list) and seeds and all(type(x) is int and x >= 0 for x in seeds)
+                           and len(set(seeds)) == len(seeds)),
+         "'seeds' must be a list of distinct non-negative integers, like [0, 1, 2]")
     for key in ("common", "evaluate"):
         need(config.get(key) is None or isinstance(config[key], dict), f"'{key}' must be a mapping")
     _check_keys(f"{path}: evaluate", config.get("evaluate") or {}, EVALUATE_KEYS)
@@ -97,7 +106,8 @@ def load_config(path, flags=None):
 
 
 def plan_runs(config):
-    """(name, flags) of every run: inputs x prompts x (settings + grid product)."""
+    """Every Run: inputs x prompts x (settings + grid product) x seeds (the sweep's ``seeds``, each
+    run with --seed; without them one run with the seed its flags give)."""
     settings = [dict(s) for s in config.get("settings") or []]
     grid = config.get("grid") or {}
     for values in itertools.product(*grid.values()) if grid else []:
@@ -105,17 +115,19 @@ def plan_runs(config):
         settings.append({"name": "-".join(f"{k}={v}" for k, v in combination.items()), **combination})
     prompts = config.get("prompts") or [None]
     runs = []
-    for source, (p, prompt), setting in itertools.product(config["inputs"], enumerate(prompts), settings):
+    for source, (p, prompt), (index, setting), seed in itertools.product(
+            config["inputs"], enumerate(prompts), enumerate(settings), config.get("seeds") or [None]):
         setting = dict(setting)
-        name = safe_name("-".join(str(part) for part in (source.get("name", "input"), f"p{p}" if len(prompts) > 1
-                                                          else None, setting.pop("name", None) or len(runs))
-                                  if part is not None))
+        label = "-".join(str(part) for part in (f"p{p}" if len(prompts) > 1 else None, setting.pop("name", None) or index)
+                         if part is not None)
+        name = safe_name("-".join(part for part in (source.get("name", "input"), label,
+                                                     None if seed is None else f"s{seed}") if part is not None))
         paths = {k: _resolve(config["root"], v) for k, v in source.items() if k in ("video", "poses", "residuals")}
-        flags = {**(config.get("common") or {}), **paths, **setting}
+        flags = {**(config.get("common") or {}), **paths, **setting, **({} if seed is None else {"seed": seed})}
         if prompt is not None:
             flags["prompt"] = prompt
-        runs.append((name, to_flags(flags)))
-    names = [n for n, _ in runs]
+        runs.append(Run(name, to_flags(flags), label, int(flags.get("seed", 0))))
+    names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise UserError("two sweep runs have the same name; give each setting a distinct 'name'")
     return runs
@@ -187,7 +199,7 @@ def run_sweep(config_path, generate, evaluate_options, flags=None):
     # Without a GPU, accelerate only goes multi-process when asked for the CPU (gloo) backend.
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.split_between_processes(runs) as mine:
-        for name, run_flags in mine:
+        for name, run_flags, _, _ in mine:
             if finished(os.path.join(config["out"], "runs", name), run_flags):
                 log.info("%s: finished before, skipped", name)
                 continue
@@ -202,19 +214,19 @@ def run_sweep(config_path, generate, evaluate_options, flags=None):
 
 
 def collect(config, runs):
-    """One row per run: its name, flags and metrics, or its error."""
+    """One row per run: its name, setting, seed, flags and metrics, or its error."""
     rows, failed = [], []
-    for name, flags in runs:
+    for name, flags, setting, seed in runs:
         folder = os.path.join(config["out"], "runs", name)
         if os.path.isfile(error_path(config, name)) or not os.path.isfile(os.path.join(folder, "metrics.json")):
             error = "did not run"
             if os.path.isfile(error_path(config, name)):
                 with open(error_path(config, name), encoding="utf-8") as f:
                     error = f.read().strip()
-            failed.append({"run": name, "flags": " ".join(flags), "error": error})
+            failed.append({"run": name, "setting": setting, "seed": seed, "flags": " ".join(flags), "error": error})
             continue
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
-            rows.append({"run": name, "flags": " ".join(flags), **json.load(f)})
+            rows.append({"run": name, "setting": setting, "seed": seed, "flags": " ".join(flags), **json.load(f)})
     key = str(config.get("sort_by", "warping_error"))
     metric = key.lstrip("-")
     descending = key.startswith("-") or (metric in HIGHER_IS_BETTER and not key.startswith("+"))

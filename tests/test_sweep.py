@@ -12,7 +12,7 @@ import pytest
 
 import sdvideo
 from conftest import ROOT
-from measure import sweep
+from measure import intervals, report, sweep
 
 CONFIG = """
 out: {out}
@@ -42,9 +42,9 @@ def test_plan_covers_settings_and_grid_with_flags():
               "common": {"model": "tiny", "quiet": True, "residuals": None},
               "settings": [{"name": "base", "steps": 3}], "grid": {"noise": ["fixed", "slerp"]}}
     runs = sweep.plan_runs(config)
-    assert [name for name, _ in runs] == ["a-p0-base", "a-p0-noise=fixed", "a-p0-noise=slerp",
+    assert [run.name for run in runs] == ["a-p0-base", "a-p0-noise=fixed", "a-p0-noise=slerp",
                                           "a-p1-base", "a-p1-noise=fixed", "a-p1-noise=slerp"]
-    assert runs[0][1] == ["--model", "tiny", "--quiet", "--poses", os.path.join(ROOT, "p.json"), "--steps", "3",
+    assert runs[0].flags == ["--model", "tiny", "--quiet", "--poses", os.path.join(ROOT, "p.json"), "--steps", "3",
                           "--prompt", "x"]
 
 
@@ -129,7 +129,7 @@ def test_report_opens_in_a_real_browser_and_every_video_plays(config, tmp_path):
         page.wait_for_function("Array.from(document.querySelectorAll('video')).every(v => v.currentTime > 0)",
                                timeout=60000)
         played = page.evaluate("Array.from(document.querySelectorAll('video')).map(v => !v.error)")
-        names = "Array.from(document.querySelectorAll('tbody tr')).map(r => r.cells[0].textContent)"
+        names = "Array.from(document.querySelectorAll('#runs tbody tr')).map(r => r.cells[0].textContent)"
         page.click("th[data-key='run']")
         ascending = page.evaluate(names)
         page.click("th[data-key='run']")
@@ -172,7 +172,7 @@ def test_one_failing_run_does_not_stop_the_sweep(tmp_path, capsys):
 def test_run_names_become_safe_folder_names_inside_the_sweep(tmp_path):
     config = {"root": ROOT, "inputs": [{"name": "..", "poses": "p.json"}],
               "settings": [{"name": "../x"}, {"name": "a/b #?%c"}]}
-    assert [name for name, _ in sweep.plan_runs(config)] == ["-.._x", "-a_b_c"]
+    assert [run.name for run in sweep.plan_runs(config)] == ["-.._x", "-a_b_c"]
     outside = tmp_path / "out" / "x"  # where runs/../x pointed: the sweep's --overwrite deleted it
     outside.mkdir(parents=True)
     (outside / "precious.txt").write_text("not a run")
@@ -225,3 +225,25 @@ def test_the_trade_off_plot_keeps_labels_apart_and_marks_the_pareto_front(tmp_pa
                                  and f["warping_error"] <= r["warping_error"] for f in front)
     assert all(a["warping_error"] > b["warping_error"] for a, b in zip(front, front[1:]))  # cost buys steadiness
     assert report.short_names(["swing-a", "swing-b-c"]) == ["a", "b-c"]
+
+
+def test_seeds_run_every_setting_once_per_seed_and_results_give_means_with_intervals(tmp_path):
+    config = {"root": ROOT, "inputs": [{"name": "a", "poses": "p.json"}, {"name": "b", "poses": "p.json"}],
+              "settings": [{"name": "base"}, {"noise": "fixed"}], "seeds": [0, 3]}
+    runs = sweep.plan_runs(config)
+    assert [(r.name, r.setting, r.seed) for r in runs[:4]] == [("a-base-s0", "base", 0), ("a-base-s3", "base", 3),
+                                                              ("a-1-s0", "1", 0), ("a-1-s3", "1", 3)]
+    assert runs[1].flags[-2:] == ["--seed", "3"] and len(runs) == 8
+    with pytest.raises(sdvideo.UserError, match="'seeds' must be a list of distinct"):
+        sweep.check_config("x.yaml", {k: v for k, v in {**config, "seeds": [0, 0]}.items() if k != "root"})
+    rows = [{"run": r.name, "setting": r.setting, "seed": r.seed, "flags": "", "warping_error": 0.1 + 0.01 * i,
+             "seconds_per_frame": 1.0} for i, r in enumerate(runs)]
+    (tmp_path / "runs").mkdir()
+    report.write_results({"out": str(tmp_path)}, rows)
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("run,setting,seed,warping_error")
+    means = (tmp_path / "results.md").read_text().split("95 % bootstrap interval")[1]
+    base = [line for line in means.splitlines() if line.startswith("| base |")][0]
+    mean, low, high = intervals.bootstrap_interval([0.10, 0.11, 0.14, 0.15])
+    assert base == f"| base | 4 | {mean:.4g} [{low:.4g}, {high:.4g}] | 1 [1, 1] |"
+    assert "Means over seeds and inputs" in (tmp_path / "report.html").read_text()

@@ -1,0 +1,120 @@
+"""The attention probe: does the toy model carry a picture's look through self-attention, as SD does?
+
+    python benchmarks/attention_probe.py      # ~2 min on 2 CPU cores
+
+One pose repeated for 8 frames with independent noise, so that each frame draws its own nuisances
+(background texture, light, cap, skin). Handing frame 0's self-attention keys and values to every
+frame (Text2Video-Zero's cross-frame attention) should pull the frames toward frame 0's look: the
+ratio of the mean |frame_i - frame_0| with it over the same without it is below 1 on a model that
+routes looks through attention (target <= 0.7, issue 34), above 1 on one that ignores what its
+attention is handed. The same ratio for RAVE's grid, StreamV2V's bank and VidToMe's merging.
+The attention techniques' claims in the toy tables are "not measurable on the toy world" while the
+ratio of the mechanism they use is above the target (benchmarks/toy_claims.py).
+
+Writes benchmarks/results/attention_probe.json and BENCHMARKS.md's probe section.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pose_extract  # noqa: E402
+import sdvideo  # noqa: E402
+from sections import write_section  # noqa: E402
+from toy_claims import PROBE_TARGET as TARGET  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+MARKERS = ("<!-- attention-probe:start -->", "<!-- attention-probe:end -->")
+PROMPTS = ("a golfer in a red shirt and black trousers, on a golf course",
+           "a person in a blue shirt and white trousers, in a studio",
+           "a person in a green shirt and black trousers, on a beach")
+TECHNIQUES = {"cross-frame attention": {"cross_frame_attn": "anchor"},
+              "grid (RAVE, K=2)": {"grid": 2, "grid_shuffle": False},
+              "bank (StreamV2V)": {"feature_bank": 1, "feature_fusion": 0.8},
+              "merging (VidToMe)": {"token_merge": 0.9, "merge_chunk": 4, "global_merge": 0.8}}
+
+
+def spread(frames):
+    """Mean |frame_i - frame_0| over i >= 1 and every pixel, in 1/255."""
+    frames = frames.astype(np.float64)
+    return float(np.abs(frames[1:] - frames[:1]).mean())
+
+
+def probe(pipe, poses_path, prompt, steps, guidance, copies):
+    """{technique: ratio of its spread to the plain run's} for one prompt, and the plain spread."""
+    common = dict(pipe=pipe, poses=poses_path, prompt=prompt, negative_prompt="", steps=steps, guidance=guidance,
+                  max_frames=copies, batch_size=copies, quiet=True)
+    plain = spread(sdvideo.generate(**common).frames)
+    return plain, {name: spread(sdvideo.generate(**common, **flags).frames) / plain
+                   for name, flags in TECHNIQUES.items()}
+
+
+def measure(model="toy", steps=20, guidance=3.0, copies=8):
+    """The probe on every prompt: {"plain": {prompt: spread}, "ratios": {technique: {prompt: ratio}}}."""
+    pipe = sdvideo.load(model=model, device="cpu")
+    swing = pose_extract.read_poses(os.path.join(ROOT, "demo", "golf_swing.json"))
+    repeated = pose_extract.PoseSequence(np.repeat(swing.keypoints[:1], copies, axis=0), swing.canvas_size, swing.fps)
+    measured = {"model": model, "steps": steps, "guidance": guidance, "copies": copies, "plain": {},
+                "ratios": {name: {} for name in TECHNIQUES}}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "one_pose.json")
+        pose_extract.write_poses(path, repeated)
+        for prompt in PROMPTS:
+            measured["plain"][prompt], ratios = probe(pipe, path, prompt, steps, guidance, copies)
+            for name, ratio in ratios.items():
+                measured["ratios"][name][prompt] = ratio
+    return measured
+
+
+def worst(measured, technique):
+    """The technique's highest ratio over the prompts (the target holds only if it holds for each)."""
+    return max(measured["ratios"][technique].values())
+
+
+def report(measured):
+    lines = [MARKERS[0], "",
+             f"`--model {measured['model']}`, the swing's first pose repeated for {measured['copies']} frames, "
+             f"independent noise, {measured['steps']} DDIM steps, guidance {measured['guidance']:g}; mean "
+             "|frame_i - frame_0| with the technique over the same without it (target <= "
+             f"{TARGET:g} for every prompt). {measured['machine']}, {measured['date']}, "
+             f"{measured['minutes']:.1f} min (`python benchmarks/attention_probe.py`).", "",
+             "| technique | " + " | ".join(PROMPTS) + " | target |", "|---" * (len(PROMPTS) + 2) + "|",
+             "| plain: mean abs. difference (1/255) | " + " | ".join(f"{measured['plain'][p]:.1f}" for p in PROMPTS)
+             + " | |"]
+    for name in TECHNIQUES:
+        ratios = measured["ratios"][name]
+        met = "met" if worst(measured, name) <= TARGET else "NOT met"
+        lines.append(f"| {name} | " + " | ".join(f"{ratios[p]:.2f}" for p in PROMPTS) + f" | {met} |")
+    return "\n".join(lines + ["", MARKERS[1]])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="toy", help="the toy model to probe (toy, toy64)")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="guidance (the toy model's)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    measured = measure(args.model, args.steps, args.guidance)
+    measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+                    date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "attention_probe.json"), "w", encoding="utf-8") as f:
+        json.dump(measured, f, indent=2)
+    text = report(measured)
+    write_section(text, MARKERS, "The attention probe: does the toy model carry a look through attention?")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
