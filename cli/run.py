@@ -147,7 +147,8 @@ def noise_settings(args, sources=None):
 
 def generation_config(args, sources=None):
     return pipeline.GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                                     guidance=args.guidance, controlnet_scale=controls.loop_scales(args.control, args.controlnet_scale),
+                                     guidance=args.guidance,
+                                     controlnet_scale=controls.loop_scales(args.control, args.controlnet_scale),
                                      control_start=args.control_start, control_end=args.control_end, seed=args.seed,
                                      noise=args.noise, noise_settings=noise_settings(args, sources),
                                      batch_size=args.batch_size,
@@ -200,7 +201,7 @@ def execute(args, pipe=None, keep_frames=False):
         mark = time.perf_counter()
         sources = Sources(args, pipe, clip)
         found, driver = build_techniques(args, sources)
-        latents, stats = denoised(args, run_folder, pipe, clip, found, driver, sources)
+        latents, stats = denoised(args, run_folder, pipe, found, driver, sources)
         timings["denoise_s"] = time.perf_counter() - mark
         # 5. decode and write frames and videos (frames already written are reused)
         mark = time.perf_counter()
@@ -239,14 +240,14 @@ def _execute_in_memory(args, pipe, timings, started):
     pipe = pipe or load_models(args)
     sources = Sources(args, pipe, clip)
     found, driver = build_techniques(args, sources)
-    latents, stats = generate_latents(args, pipe, clip, found, driver, sources)
+    latents, stats = generate_latents(args, pipe, found, driver, sources)
     latents = latents.to(device=pipe._execution_device, dtype=pipe.vae.dtype)
     frames = np.stack(list(pipeline.decode(pipe, latents, args.batch_size or predict.AUTO_BATCH_CPU, not args.quiet)))
     timings["total_s"] = time.perf_counter() - started
     return frames, outputs.run_record(args, clip, pipe, found, driver, stats, timings)
 
 
-def generate_latents(args, pipe, clip, found, driver, sources):
+def generate_latents(args, pipe, found, driver, sources):
     """The loop over the clip's control maps (pose, then the extra controls) -> latents, LoopStats."""
     try:
         return pipeline.generate(pipe, sources.control_maps(), generation_config(args, sources), found, driver,
@@ -256,13 +257,13 @@ def generate_latents(args, pipe, clip, found, driver, sources):
                         f"{args.dtype}; lower --batch-size or use --dtype fp16") from None
 
 
-def denoised(args, run_folder, pipe, clip, found, driver, sources):
+def denoised(args, run_folder, pipe, found, driver, sources):
     """The clip's clean latents and LoopStats: generated, or read back when resuming after them."""
     checkpoint = outputs.load_checkpoint(run_folder) if args.resume else None
     if checkpoint is not None:
         log.info("resuming: denoised latents found in %s", run_folder.partial)
         latents, counts = checkpoint
         return latents, pipeline.LoopStats(**counts)
-    latents, stats = generate_latents(args, pipe, clip, found, driver, sources)
+    latents, stats = generate_latents(args, pipe, found, driver, sources)
     outputs.save_checkpoint(run_folder, latents, stats)
     return latents, stats
