@@ -11,10 +11,9 @@ attention is handed. The same ratio for RAVE's grid, StreamV2V's bank and VidToM
 The attention techniques' claims in the toy tables are "not measurable on the toy world" while the
 ratio of the mechanism they use is above the target (benchmarks/toy_claims.py).
 
-Writes benchmarks/results/attention_probe.json and BENCHMARKS.md's probe section.
+Writes benchmarks/results/attention_probe.{json,md} and BENCHMARKS.md's probe section.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,10 +28,9 @@ sys.path.insert(0, ROOT)
 
 import pose_extract  # noqa: E402
 import sdvideo  # noqa: E402
-from sections import write_section  # noqa: E402
+from sections import publish  # noqa: E402
 from toy_claims import PROBE_TARGET as TARGET  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MARKERS = ("<!-- attention-probe:start -->", "<!-- attention-probe:end -->")
 PROMPTS = ("a golfer in a red shirt and black trousers, on a golf course",
            "a person in a blue shirt and white trousers, in a studio",
@@ -108,12 +106,8 @@ def main(argv=None):
     measured = measure(args.model, args.steps, args.guidance)
     measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "attention_probe.json"), "w", encoding="utf-8") as f:
-        json.dump(measured, f, indent=2)
-    text = report(measured)
-    write_section(text, MARKERS, "The attention probe: does the toy model carry a look through attention?")
-    print(text)
+    publish("attention_probe", measured, report(measured), MARKERS,
+            "The attention probe: does the toy model carry a look through attention?")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Writes benchmarks/results/inversion.{json,md} and BENCHMARKS.md's inversion sect
 markers). PSNR in dB against the source frames, over every pixel of the clip.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,9 +26,8 @@ from common import video_io  # noqa: E402
 from loop import pipeline  # noqa: E402
 from make_toy_source import JACKS_PROMPT, TOY_SOURCE_PROMPT  # noqa: E402
 from measure.metrics import psnr  # noqa: E402
-from sections import write_section  # noqa: E402
+from sections import publish  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 MARKERS = ("<!-- inversion:start -->", "<!-- inversion:end -->")
 CLIPS = {"swing": ("golf_swing_toy.mp4", "golf_swing.json", TOY_SOURCE_PROMPT),
          "jumping jacks": ("jumping_jacks_toy.mp4", "jumping_jacks.json", JACKS_PROMPT)}
@@ -91,14 +89,7 @@ def main(argv=None):
     rows = [row for name in CLIPS for row in measure_clip(pipe, name, args)]
     measured = {"rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"), "minutes": (time.perf_counter() - started) / 60}
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "inversion.json"), "w", encoding="utf-8") as f:
-        json.dump(measured, f, indent=2)
-    text = report(measured, args)
-    with open(os.path.join(RESULTS, "inversion.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    write_section(text, MARKERS, "DDIM inversion: its known answer on the toy model")
-    print(text)
+    publish("inversion", measured, report(measured, args), MARKERS, "DDIM inversion: its known answer on the toy model")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """BENCHMARKS.md's generated sections: each benchmark script rewrites the text between its own markers."""
+import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,3 +18,16 @@ def write_section(text, markers, heading):
         content += f"\n## {heading}\n\n" + text + "\n"
     with open(path, "w", encoding="utf-8") as f:
         f.write(content)
+
+
+def publish(name, measured, text, markers, heading):
+    """A benchmark's results: benchmarks/results/NAME.json (``measured``) and NAME.md (``text``), and its
+    BENCHMARKS.md section (write_section); ``text`` is printed too."""
+    results = os.path.join(ROOT, "benchmarks", "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(measured, f, indent=2)
+    with open(os.path.join(results, f"{name}.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    write_section(text, markers, heading)
+    print(text)

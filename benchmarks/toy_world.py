@@ -44,13 +44,14 @@ from toy import looks  # noqa: E402
 from toy import motions  # noqa: E402
 from toy import toy_metrics as tm  # noqa: E402
 from toy import toyworld as tw  # noqa: E402
-from sections import write_section  # noqa: E402
+from sections import publish  # noqa: E402
 from toy_claims import changed_verdicts, flow_targets, moved_by_setting, peer_claims, seed_claims, verdict  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
 FLOW_SWEEP = os.path.join(ROOT, "demo", "toy_flow_sweep.yaml")  # flow fusion on the swing and jumping jacks
 MARKERS = ("<!-- toy-world:start -->", "<!-- toy-world:end -->")
+HEADING = "The toy world: what the techniques do"
 STRIP_FRAMES = (0, 18, 28, 36, 41, 44, 50, 60)  # address, takeaway, backswing, top, downswing, impact, follow, finish
 
 
@@ -255,10 +256,7 @@ def main(argv=None):
     if args.from_json:
         with open(os.path.join(RESULTS, "toy_world.json"), encoding="utf-8") as f:
             measured = json.load(f)
-        text = report(measured, measured["techniques"], args)
-        with open(os.path.join(RESULTS, "toy_world.md"), "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        return write_section(text, MARKERS, "The toy world: what the techniques do")
+        return publish("toy_world", measured, report(measured, measured["techniques"], args), MARKERS, HEADING)
     started = time.perf_counter()
     pipe = models.load_pipeline(models.ModelSpec(model=models.TOY, device="cpu"))
     measured = {"model": following(args.count, lambda poses, prompt, seed: generate(
@@ -275,13 +273,7 @@ def main(argv=None):
     measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60,
                     techniques=rows)
-    with open(os.path.join(RESULTS, "toy_world.json"), "w", encoding="utf-8") as f:
-        json.dump(measured, f, indent=2)
-    text = report(measured, rows, args)
-    with open(os.path.join(RESULTS, "toy_world.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    write_section(text, MARKERS, "The toy world: what the techniques do")
-    print(text)
+    publish("toy_world", measured, report(measured, rows, args), MARKERS, HEADING)
 
 
 if __name__ == "__main__":
