@@ -54,8 +54,9 @@ def array_hash(array):
 
 def cache_path(pipe, clean_latents, control_maps, request, schedule):
     modules = [pipe.unet, pipe.text_encoder] + ([pipe.controlnet] if request.control else [])
-    key = json.dumps({"latents": array_hash(clean_latents.float().cpu().numpy()), "weights": weights_fingerprint(*modules),
-                      "scheduler": dict(pipe.scheduler.config), "climb": asdict(schedule), "dtype": str(pipe.unet.dtype),
+    key = json.dumps({"latents": array_hash(clean_latents.float().cpu().numpy()),
+                      "weights": weights_fingerprint(*modules), "scheduler": dict(pipe.scheduler.config),
+                      "climb": asdict(schedule), "dtype": str(pipe.unet.dtype),
                       "control": array_hash(control_maps) if request.control else None,
                       "scale": request.cond_scale if request.control else None, "prompt": request.source_prompt,
                       "models": request.models},
@@ -83,7 +84,8 @@ def inverted(pipe, clean_latents, control_maps, request, progress=True):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with files.atomic_path(path) as tmp:
             save_file({"latents": latents}, tmp)
-    record = {"steps": request.inversion_steps, "timesteps": schedule.timesteps, "source_prompt": request.source_prompt, "control": request.control,
+    record = {"steps": request.inversion_steps, "timesteps": schedule.timesteps,
+              "source_prompt": request.source_prompt, "control": request.control,
               "unet_evals_per_frame": len(schedule.timesteps),
               "controlnet_evals_per_frame": len(schedule.timesteps) if request.control else 0,
               "from_cache": from_cache, "cache": path}

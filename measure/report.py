@@ -38,9 +38,9 @@ def write_results(config, rows):
         writer.writerows(rows)
     summary = intervals.summarize(rows, measured)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n" + metrics.format_table(rows, columns) + "\n\n"
-                + SUMMARY_NOTE + "\n\n" + metrics.format_table(summary_cells(summary, measured), ["setting", "runs", *measured])
-                + "\n")
+        means = metrics.format_table(summary_cells(summary, measured), ["setting", "runs", *measured])
+        f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n{metrics.format_table(rows, columns)}\n\n"
+                f"{SUMMARY_NOTE}\n\n{means}\n")
     write_plots(out, [r for r in rows if not r.get("error")], measured)
     write_report(out, rows, columns, summary, measured)
     log.info("\n%s\nwrote %s/results.csv, results.md, plots/, report.html", metrics.format_table(rows, columns), out)
@@ -223,10 +223,11 @@ def write_report(out, rows, columns, summary=(), measured=()):
     names.sort(key=lambda n: n != TRADE_OFF)  # the trade-off first
     plots = "<h2>Plots</h2>" + "".join(
         f'<figure><img src="plots/{html.escape(n)}" alt="{html.escape(n[:-4])}"></figure>' for n in names) if names else ""
-    means = "".join("<tr>" + "".join(f"<td>{html.escape(str(c.get(k, '-')))}</td>" for k in ("setting", "runs", *measured))
-                    + "</tr>" for c in summary_cells(summary, measured))
+    keys = ("setting", "runs", *measured)
+    means = "".join("<tr>" + "".join(f"<td>{html.escape(str(c.get(k, '-')))}</td>" for k in keys) + "</tr>"
+                    for c in summary_cells(summary, measured))
     means_table = (f"<h2>Means over seeds and inputs</h2><p>{html.escape(SUMMARY_NOTE)}</p><table><thead><tr>"
-                   + "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in ("setting", "runs", *measured))
+                   + "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in keys)
                    + f"</tr></thead><tbody>{means}</tbody></table><h2>Runs</h2>") if summary else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sdvideo sweep</title>
