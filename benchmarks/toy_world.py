@@ -1,12 +1,13 @@
 """The toy world's targets, measured: pose and prompt following on held-out poses, and every
-technique on the demo swing.
+technique on two motions over three seeds, each claim judged by its 95 % interval (toy_claims.py).
 
-    python benchmarks/toy_world.py       # ~15 min on 2 CPU cores
+    python benchmarks/toy_world.py       # under an hour on 2 CPU cores (BENCHMARKS.md says its time)
 
 Writes benchmarks/results/toy_world.{json,md}, a frame strip per technique in
 benchmarks/results/toy_strips/, the trade-off plot benchmarks/results/toy_trade_off.png, and
 the toy-world section of BENCHMARKS.md (between its markers). The technique table is
-``sdvideo.py sweep demo/toy_sweep.yaml``; its run folders stay in outputs/toy-sweep.
+``sdvideo.py sweep demo/toy_sweep.yaml`` (the swing and jumping jacks, 16 frames each at a stride of
+3, seeds 0-2); its run folders stay in outputs/toy-sweep.
 
 Measured at the toy model's native size (toy world 2: 128 px), 20 DDIM steps, guidance --guidance,
 for the model and for the renderer's own pictures of the same poses and looks (the measures' ceiling):
@@ -45,14 +46,23 @@ from toy import motions  # noqa: E402
 from toy import toy_metrics as tm  # noqa: E402
 from toy import toyworld as tw  # noqa: E402
 from sections import publish  # noqa: E402
-from toy_claims import changed_verdicts, flow_targets, moved_by_setting, peer_claims, seed_claims, verdict  # noqa: E402
+from toy_claims import (FLOW_CLAIMS, SEED_CLAIMS, by_setting, change, changed_verdicts, claims_table,  # noqa: E402
+                        mean, moved_by_setting, peer_claims, verdicts)
+from measure import intervals  # noqa: E402
+from measure.report import METRICS  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 SWEEP = os.path.join(ROOT, "demo", "toy_sweep.yaml")
-FLOW_SWEEP = os.path.join(ROOT, "demo", "toy_flow_sweep.yaml")  # flow fusion on the swing and jumping jacks
+SINGLE_RUN = os.path.join(RESULTS, "toy_world_single_run.json")  # the last table of one run, one clip, one seed
 MARKERS = ("<!-- toy-world:start -->", "<!-- toy-world:end -->")
 HEADING = "The toy world: what the techniques do"
-STRIP_FRAMES = (0, 18, 28, 36, 41, 44, 50, 60)  # address, takeaway, backswing, top, downswing, impact, follow, finish
+STRIP_FRAMES = (0, 3, 6, 9, 12, 13, 14, 15)  # of the swing's 16 frames at stride 3: address to impact
+STRIP_RUN = "swing-{}-s0"  # the strips show seed 0's swing
+
+
+def verdict(ok):
+    """A target's verdict cell."""
+    return "met" if ok else "NOT met"
 
 
 def generate(pipe, keypoints, prompt, steps, guidance, noise="independent", seed=0):
@@ -130,40 +140,65 @@ def strip(run_folder, path):
     Image.fromarray(big).save(path)
 
 
-def table(rows, baseline):
-    lines = ["| technique | flicker | background flickering | warping error | vs independent | warp SSIM | pose IoU "
-             "| arm IoU | club | shirt colour | s / frame | UNet evals / frame | peak memory (GiB) | strip |",
+def cell(summary, key, digits=3):
+    """A summary's mean and interval of ``key`` as text ("-" where not measured)."""
+    if key not in summary:
+        return "-"
+    mean, low, high = summary[key]
+    return f"{mean:.{digits}f}" if summary["runs"] == 1 else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def table(rows):
+    """Every setting's means over seeds and inputs with their 95 % intervals, sorted by warping error,
+    and its paired change in warping error against independent noise."""
+    runs = by_setting(rows)
+    summaries = intervals.summarize(rows, [m for m in METRICS if any(r.get(m) is not None for r in rows)])
+    summaries.sort(key=lambda s: s["warping_error"][0])
+    lines = ["| technique | runs | warping error | vs independent noise | flicker | background flickering | "
+             "warp SSIM | pose IoU | arm IoU | club | shirt colour | s / frame | UNet evals / frame | strip |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    share = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731  (no arms or club measured: none drawn)
-    for row in rows:
-        change = row["warping_error"] / baseline - 1
-        lines.append(f"| {row['run'].removeprefix('swing-')} | {row['flicker']:.3f} | {row['background_flickering']:.4f} | "
-                     f"{row['warping_error']:.5f} | {change:+.0%} | {row['warp_ssim']:.3f} | "
-                     f"{row['pose_iou']:.3f} | {share(row.get('arm_iou'))} | {share(row.get('club_visibility'))} | "
-                     f"{row['shirt_color_accuracy']:.2f} | "
-                     f"{row['seconds_per_frame']:.3f} | {row['unet_evals_per_frame']:.1f} | "
-                     f"{row['peak_memory_gib']:.2f} | "
-                     f"[png](benchmarks/results/toy_strips/{row['run'].removeprefix('swing-')}.png) |")
+    for s in summaries:
+        name = s["setting"]
+        if name == "independent-noise":
+            versus = "(baseline)"
+        else:
+            (m, low, high), _ = change(runs, "independent-noise", name, "warping_error")
+            versus = f"{m:+.0%} [{low:+.0%}, {high:+.0%}]"
+        lines.append(f"| {name} | {s['runs']} | {cell(s, 'warping_error', 5)} | {versus} | {cell(s, 'flicker', 2)} | "
+                     f"{cell(s, 'background_flickering', 4)} | {cell(s, 'warp_ssim')} | {cell(s, 'pose_iou')} | "
+                     f"{cell(s, 'arm_iou', 2)} | {cell(s, 'club_visibility', 2)} | "
+                     f"{cell(s, 'shirt_color_accuracy', 2)} | {s['seconds_per_frame'][0]:.3f} | "
+                     f"{s['unet_evals_per_frame'][0]:.1f} | [png](benchmarks/results/toy_strips/{name}.png) |")
     return "\n".join(lines)
 
 
+def targets(runs):
+    """The temporal targets over seeds and inputs: (flicker and warping error ratios of independent
+    to fixed noise, copying's and keyframes' paired changes in warping error against independent noise)."""
+    ratio = {k: mean(runs, "independent-noise", k) / mean(runs, "fixed-noise", k) for k in ("flicker", "warping_error")}
+    cut = {n: change(runs, "independent-noise", n, "warping_error")[0] for n in ("copying", "keyframes")}
+    return ratio, cut
+
+
 def report(measured, rows, args):
-    by_name = {r["run"].removeprefix("swing-"): r for r in rows}
-    baseline, fixed = by_name["independent-noise"], by_name["fixed-noise"]
+    runs = by_setting(rows)
     model, ceiling, spread = measured["model"], measured["ceiling"], measured["nuisance_flicker"]
     colors, by_background = model["shirt_color_accuracy"], model["by_background"]
-    ratio_flicker, ratio_warp = (baseline[k] / fixed[k] for k in ("flicker", "warping_error"))
-    cut = {n: 1 - by_name[n]["warping_error"] / baseline["warping_error"] for n in ("copying", "keyframes")}
+    ratio, cut = targets(runs)
+    iou = {n: mean(runs, n, "pose_iou") for n in ("copying", "keyframes")}
+    inputs = sorted({r["input"] for r in rows if not r.get("error")})
+    seeds = sorted({r["seed"] for r in rows if not r.get("error")})
     return f"""{MARKERS[0]}
 machine: {measured['machine']}; {measured['date']}; `python benchmarks/toy_world.py` ({measured['minutes']:.1f} min)
 
 The toy model (toy world 2) at its native {tw.SIZE}x{tw.SIZE}, {args.steps} DDIM steps, guidance
 {args.guidance}. Pose and prompt following: {args.count} held-out poses (never seen in training) per
 shirt colour and background, a person or a golfer by turns, independent noise; the ceiling is the
-same measure on the renderer's own pictures of those poses and looks. The technique table: the demo swing (64 frames, `demo/toy_sweep.yaml`), prompt
-"{rows[0]['flags'].split('--prompt ')[-1]}", source clip `demo/golf_swing_toy.mp4` (the toy world's
-rendering of the swing in another look) for the flow of the warping error and for the techniques
-that read a source.
+same measure on the renderer's own pictures of those poses and looks. The technique table
+(`demo/toy_sweep.yaml`): {' and '.join(inputs)} (the demo swing and jumping jacks, 16 frames each at a
+stride of 3, the toy world's rendering of each as the source clip), seeds {', '.join(map(str, seeds))}, prompt
+"{rows[0]['flags'].split('--prompt ')[-1].split(' --')[0]}". Every figure below is a mean over the
+{len(inputs) * len(seeds)} runs of a setting (inputs x seeds), with its 95 % bootstrap interval in brackets.
 
 | target | measured | ceiling | |
 |---|---|---|---|
@@ -172,57 +207,63 @@ that read a source.
 | shirt colour followed >= 95 % for every colour | {', '.join(f'{c} {v:.0%}' for c, v in colors.items())} | {min(ceiling['shirt_color_accuracy'].values()):.0%} (lowest) | {verdict(min(colors.values()) >= 0.95)} |
 | the club visible in >= 80 % of golfer pictures | {model['club_visibility']:.0%} | {ceiling['club_visibility']:.0%} | {verdict(model['club_visibility'] >= 0.8)} |
 | one pose, independent noise: pictures differ | mean abs. difference {spread['independent']:.1f}/255 (fixed noise: {spread['fixed']:.1f}) | | {verdict(spread['independent'] > 5 * max(spread['fixed'], 0.5))} |
-| swing: flicker independent / fixed >= 2 | {ratio_flicker:.2f} | | {verdict(ratio_flicker >= 2)} |
-| swing: warping error independent / fixed >= 2 | {ratio_warp:.2f} | | {verdict(ratio_warp >= 2)} |
-| copying cuts warping error >= 50 % vs independent, pose IoU >= 0.6 | {cut['copying']:.0%}, IoU {by_name['copying']['pose_iou']:.3f} | | {verdict(cut['copying'] >= 0.5 and by_name['copying']['pose_iou'] >= 0.6)} |
-| keyframes cut warping error >= 50 % vs independent, pose IoU >= 0.6 | {cut['keyframes']:.0%}, IoU {by_name['keyframes']['pose_iou']:.3f} | | {verdict(cut['keyframes'] >= 0.5 and by_name['keyframes']['pose_iou'] >= 0.6)} |
+| flicker independent / fixed >= 2 (means) | {ratio['flicker']:.2f} | | {verdict(ratio['flicker'] >= 2)} |
+| warping error independent / fixed >= 2 (means) | {ratio['warping_error']:.2f} | | {verdict(ratio['warping_error'] >= 2)} |
+| copying cuts warping error >= 50 % vs independent (whole interval), pose IoU >= 0.6 | {cut['copying'][0]:+.0%} [{cut['copying'][1]:+.0%}, {cut['copying'][2]:+.0%}], IoU {iou['copying']:.3f} | | {verdict(cut['copying'][2] <= -0.5 and iou['copying'] >= 0.6)} |
+| keyframes cut warping error >= 50 % vs independent (whole interval), pose IoU >= 0.6 | {cut['keyframes'][0]:+.0%} [{cut['keyframes'][1]:+.0%}, {cut['keyframes'][2]:+.0%}], IoU {iou['keyframes']:.3f} | | {verdict(cut['keyframes'][2] <= -0.5 and iou['keyframes'] >= 0.6)} |
 
-Every technique on the swing, sorted by warping error (flicker: the clip's frame-to-frame change
-over the source's, 1 = moves as much as the source; background flickering: VBench's, over the
-static background, 1 = no change; warping error: colour MSE after warping by the source's flow;
-warp SSIM: RAVE's; pose IoU and shirt colour: per frame, as above; seconds per frame on this
-machine, whole run incl. loading):
+Every technique, sorted by warping error (flicker: the clip's frame-to-frame change over the
+source's, 1 = moves as much as the source; background flickering: VBench's, over the static
+background, 1 = no change; warping error: colour MSE after warping by the source's flow; vs
+independent noise: the mean paired change, by seed and input; warp SSIM: RAVE's; pose IoU and shirt
+colour: per frame, as above; seconds per frame on this machine, whole run incl. loading; strips:
+the swing, seed 0):
 
-{table(rows, baseline['warping_error'])}
+{table(rows)}
 
-Flow fusion (Rerender's two phases, `demo/toy_flow_sweep.yaml`) against the same noise without
-it, on the swing and on a second motion, jumping jacks (`demo/jumping_jacks.json`):
-
-{flow_targets(measured['flow_fusion'])}
-
-{claims(by_name)}
+{claims(runs)}
 
 ![trade-off](benchmarks/results/toy_trade_off.png)
 {MARKERS[1]}"""
 
 
-def claims(by_name):
-    """The claims sections of the report: the seed's, the peers' (in their settings and from noise), what moved."""
-    return f"""The original project's own claims (`../shared/seed.md`), tested in this table's runs:
+def claims(runs):
+    """The claims sections of the report: the seed's, flow fusion's, the peers' (in their settings and
+    from noise), what moved between settings and since the single-run table."""
+    probe = attention_probe()
+    now = {**verdicts(claims_table(runs, SEED_CLAIMS)), **verdicts(claims_table(runs, FLOW_CLAIMS)),
+           **verdicts(peer_claims(runs, probe))}
+    return f"""Each claim is a relative change of one setting against its own baseline, paired by seed and
+input; it holds where the 95 % bootstrap interval of the mean paired change lies wholly on the
+claimed side, does not hold where it lies wholly on the other, and is undetermined where it spans
+zero (`measure/intervals.py`).
 
-{seed_claims(by_name)}
+The original project's own claims (`../shared/seed.md`), in their setting, pose-to-video from noise:
 
-The newer training-free techniques' claims, tested in this table's runs, each in its paper's own
-setting (the DDIM inversion of the source, or img2img at the paper's strength; presets `rave`,
-`flatten`, `vidtome`, `streamv2v`, `rerender`) against per-frame generation from the same start, and
-from noise as before. A technique that works through attention is "not measurable on the toy world"
-while the attention probe (`benchmarks/attention_probe.py`, its own section) finds the toy model
-pushing frames apart through that mechanism instead of carrying frame 0's look (ratio above 0.7).
-s / frame and peak memory of the two settings compared, on this machine (an inversion is paid by the
-first run of its setting and read from the cache after); the papers measure other models and data,
-so only the direction is compared. Each verdict is one run of one clip and seed: an anecdote until
-the intervals over seeds and clips are in.
+{claims_table(runs, SEED_CLAIMS)}
 
-{peer_claims(by_name, attention_probe())}
+Flow fusion (x0 over the first 10 % of the steps, the noisy latent to 50 %, w = 0.5):
+
+{claims_table(runs, FLOW_CLAIMS)}
+
+The newer training-free techniques' claims, each in its paper's own setting (one shared noise for
+Text2Video-Zero; the DDIM inversion of the source, or img2img at the paper's strength: presets
+`t2v-zero`, `rave`, `flatten`, `vidtome`, `streamv2v`, `rerender`) against per-frame generation from
+the same start, and from noise. A technique that works through attention is "not measurable on the toy
+world" while the attention probe (`benchmarks/attention_probe.py`, its own section) finds the toy
+model pushing frames apart through that mechanism instead of carrying frame 0's look (ratio above
+0.7); the papers measure other models and data, so only the direction is compared.
+
+{peer_claims(runs, probe)}
 
 Which verdicts moved between noise and the papers' own settings:
 
-{moved_by_setting(by_name)}
+{moved_by_setting(runs, probe)}
 
-Verdicts that changed from the first toy world's model (64 px, attention at half and a quarter of
-its latent resolution; its runs: `benchmarks/results/toy_world_64.json`):
+Which verdicts moved from the last single-run table (the swing's 64 frames, seed 0, one run each;
+`benchmarks/results/toy_world_single_run.json`):
 
-{changed_verdicts(by_name, first_world())}"""
+{changed_verdicts(now, single_run_verdicts(probe))}"""
 
 
 def attention_probe():
@@ -234,13 +275,17 @@ def attention_probe():
         return json.load(f)
 
 
-def first_world():
-    """The 64 px model's technique rows by setting name, from its committed results, or None."""
-    path = os.path.join(RESULTS, "toy_world_64.json")
-    if not os.path.isfile(path):
+def single_run_verdicts(probe):
+    """{claim: verdict} of the same claims on the last single-run table's rows (one pair each, so its
+    interval is a point), or None where the file is not at hand."""
+    if not os.path.isfile(SINGLE_RUN):
         return None
-    with open(path, encoding="utf-8") as f:
-        return {r["run"].removeprefix("swing-"): r for r in json.load(f)["techniques"]}
+    with open(SINGLE_RUN, encoding="utf-8") as f:
+        rows = [{**r, "setting": r["run"].removeprefix("swing-"), "seed": 0, "input": "swing"}
+                for r in json.load(f)["techniques"]]
+    runs = by_setting(rows)
+    return {**verdicts(claims_table(runs, SEED_CLAIMS)), **verdicts(claims_table(runs, FLOW_CLAIMS)),
+            **verdicts(peer_claims(runs, probe))}
 
 
 def main(argv=None):
@@ -264,15 +309,17 @@ def main(argv=None):
                 "ceiling": following(args.count, rendered),
                 "nuisance_flicker": nuisance_flicker(pipe, args.steps, args.guidance)}
     rows, sweep_out = run_techniques()
-    measured["flow_fusion"], _ = run_techniques(FLOW_SWEEP)
     os.makedirs(os.path.join(RESULTS, "toy_strips"), exist_ok=True)
-    for row in rows:
-        strip(os.path.join(sweep_out, "runs", row["run"]),
-              os.path.join(RESULTS, "toy_strips", row["run"].removeprefix("swing-") + ".png"))
+    for setting in by_setting(rows):
+        folder = os.path.join(sweep_out, "runs", STRIP_RUN.format(setting))
+        if os.path.isdir(folder):
+            strip(folder, os.path.join(RESULTS, "toy_strips", setting + ".png"))
     shutil.copy(os.path.join(sweep_out, "plots", "trade_off.png"), os.path.join(RESULTS, "toy_trade_off.png"))
     measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60,
                     techniques=rows)
+    with open(os.path.join(RESULTS, "toy_world.json"), "w", encoding="utf-8") as f:  # kept if the report fails
+        json.dump(measured, f, indent=2)
     publish("toy_world", measured, report(measured, rows, args), MARKERS, HEADING)
 
 

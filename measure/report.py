@@ -9,6 +9,7 @@ import os
 import urllib.parse
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,7 +42,7 @@ def write_results(config, rows):
         means = metrics.format_table(summary_cells(summary, measured), ["setting", "runs", *measured])
         f.write(f"Sorted by {config.get('sort_by', 'warping_error')}.\n\n{metrics.format_table(rows, columns)}\n\n"
                 f"{SUMMARY_NOTE}\n\n{means}\n")
-    write_plots(out, [r for r in rows if not r.get("error")], measured)
+    write_plots(out, [r for r in rows if not r.get("error")], measured, summary)
     write_report(out, rows, columns, summary, measured)
     log.info("\n%s\nwrote %s/results.csv, results.md, plots/, report.html", metrics.format_table(rows, columns), out)
 
@@ -61,8 +62,9 @@ def summary_cells(summary, measured):
              **{m: interval_text(s[m], s["runs"]) for m in measured if m in s}} for s in summary]
 
 
-def write_plots(out, rows, columns):
-    """A bar chart per metric."""
+def write_plots(out, rows, columns, summary=()):
+    """A bar chart per metric; the trade-off plot (per setting with intervals where ``summary``,
+    intervals.summarize's, has a setting of several runs)."""
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     for metric in columns:
         named = [(r["run"], r[metric]) for r in rows if r.get(metric) is not None]
@@ -76,7 +78,7 @@ def write_plots(out, rows, columns):
         figure.savefig(os.path.join(out, "plots", f"{metric}.png"), dpi=100)
         plt.close(figure)
     if "warping_error" in columns and "seconds_per_frame" in columns:
-        plot_trade_off(os.path.join(out, "plots", TRADE_OFF), rows)
+        plot_trade_off(os.path.join(out, "plots", TRADE_OFF), rows, summary)
 
 
 ON_POSE = {"pose_iou": 0.6, "pose_pck": 0.5}  # a run keeps to the pose at or above this (the Pareto front's runs)
@@ -141,15 +143,40 @@ def short_names(names):
     return [n[len(prefix):] or n for n in names]
 
 
-def plot_trade_off(path, rows):
+TRADE_OFF_AXES = ("seconds_per_frame", "warping_error")
+
+
+def setting_points(summary):
+    """The trade-off's points of a sweep with seeds: per setting, its means as a row (named by the
+    setting) and its intervals' half-widths below and above, (2, 2) over (x, y); None where every
+    setting has one run (then the runs are the points)."""
+    if not any(s["runs"] > 1 for s in summary):
+        return None
+    points = []
+    for s in summary:
+        if all(m in s for m in TRADE_OFF_AXES):
+            row = {"run": s["setting"], **{m: s[m][0] for m in METRICS if m in s}}
+            row["bars"] = [[s[m][0] - s[m][1], s[m][2] - s[m][0]] for m in TRADE_OFF_AXES]
+            points.append(row)
+    return points
+
+
+def plot_trade_off(path, rows, summary=()):
     """Warping error against seconds per frame, a labelled point per run, coloured by pose IoU (or
-    PCK) where measured: the cost of steadiness, and whether the pose survives it. Log axes where
-    the points span more than 3x; the Pareto front of the on-pose runs drawn as a line; no label
-    on another. -> the labels' display boxes (for the tests)."""
+    PCK) where measured: the cost of steadiness, and whether the pose survives it. In a sweep with
+    seeds, a point per setting at its means, with its 95 % intervals over seeds and inputs as error
+    bars. Log axes where the points span more than 3x; the Pareto front of the on-pose points drawn
+    as a line; no label on another. -> the labels' display boxes (for the tests)."""
     pose = next((m for m in ("pose_iou", "pose_pck") if any(r.get(m) is not None for r in rows)), None)
-    points = [r for r in rows if r.get("warping_error") is not None and r.get("seconds_per_frame") is not None]
+    points = setting_points(summary)
+    if points is None:
+        points = [r for r in rows if r.get("warping_error") is not None and r.get("seconds_per_frame") is not None]
     figure, axis = plt.subplots(figsize=(9.0, 6.0))
     xs, ys = [r["seconds_per_frame"] for r in points], [r["warping_error"] for r in points]
+    if points and "bars" in points[0]:
+        axis.errorbar(xs, ys, xerr=np.array([r["bars"][0] for r in points]).T,
+                      yerr=np.array([r["bars"][1] for r in points]).T, fmt="none", ecolor="0.55", lw=0.8,
+                      capsize=2, zorder=1, label="95 % interval over seeds and inputs")
     for values, set_scale in ((xs, axis.set_xscale), (ys, axis.set_yscale)):
         if values and min(values) > 0 and max(values) > 3 * min(values):
             set_scale("log")
@@ -167,6 +194,7 @@ def plot_trade_off(path, rows):
                                                                   if pose else ""))
         axis.scatter([r["seconds_per_frame"] for r in front], [r["warping_error"] for r in front], s=150,
                      facecolors="none", edgecolors="#cc3311", lw=1.2, zorder=4)
+    if front or (points and "bars" in points[0]):
         axis.legend(loc="upper right", fontsize=7)
     axis.set_xlabel("seconds per frame")
     axis.set_ylabel("warping error (lower is steadier)")

@@ -34,8 +34,9 @@ RUN_FLAGS = "sweep_flags.json"  # the flags a run folder was made with
 TOP_KEYS = ("out", "sort_by", "common", "inputs", "prompts", "settings", "grid", "seeds", "evaluate")
 INPUT_KEYS = ("name", "video", "poses", "residuals")
 EVALUATE_KEYS = ("no_clip", "clip_model", "pose_backend", "annotator_path")
-# One run of a sweep: its folder name and flags, the setting it belongs to across inputs and seeds, its seed.
-Run = collections.namedtuple("Run", "name flags setting seed")
+# One run of a sweep: its folder name and flags, the setting it belongs to across inputs and seeds, its seed
+# and its input's name (a claim pairs runs by seed and input, measure/intervals.py).
+Run = collections.namedtuple("Run", "name flags setting seed input")
 
 
 def safe_name(name):
@@ -126,7 +127,7 @@ def plan_runs(config):
         flags = {**(config.get("common") or {}), **paths, **setting, **({} if seed is None else {"seed": seed})}
         if prompt is not None:
             flags["prompt"] = prompt
-        runs.append(Run(name, to_flags(flags), label, int(flags.get("seed", 0))))
+        runs.append(Run(name, to_flags(flags), label, int(flags.get("seed", 0)), source.get("name", "input")))
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise UserError("two sweep runs have the same name; give each setting a distinct 'name'")
@@ -199,7 +200,7 @@ def run_sweep(config_path, generate, evaluate_options, flags=None):
     # Without a GPU, accelerate only goes multi-process when asked for the CPU (gloo) backend.
     state = PartialState(cpu=not torch.cuda.is_available())
     with state.split_between_processes(runs) as mine:
-        for name, run_flags, _, _ in mine:
+        for name, run_flags, *_ in mine:
             if finished(os.path.join(config["out"], "runs", name), run_flags):
                 log.info("%s: finished before, skipped", name)
                 continue
@@ -214,19 +215,21 @@ def run_sweep(config_path, generate, evaluate_options, flags=None):
 
 
 def collect(config, runs):
-    """One row per run: its name, setting, seed, flags and metrics, or its error."""
+    """One row per run: its name, setting, seed, input, flags and metrics, or its error."""
     rows, failed = [], []
-    for name, flags, setting, seed in runs:
+    for name, flags, setting, seed, source in runs:
         folder = os.path.join(config["out"], "runs", name)
         if os.path.isfile(error_path(config, name)) or not os.path.isfile(os.path.join(folder, "metrics.json")):
             error = "did not run"
             if os.path.isfile(error_path(config, name)):
                 with open(error_path(config, name), encoding="utf-8") as f:
                     error = f.read().strip()
-            failed.append({"run": name, "setting": setting, "seed": seed, "flags": " ".join(flags), "error": error})
+            failed.append({"run": name, "setting": setting, "seed": seed, "input": source, "flags": " ".join(flags),
+                           "error": error})
             continue
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
-            rows.append({"run": name, "setting": setting, "seed": seed, "flags": " ".join(flags), **json.load(f)})
+            rows.append({"run": name, "setting": setting, "seed": seed, "input": source, "flags": " ".join(flags),
+                         **json.load(f)})
     key = str(config.get("sort_by", "warping_error"))
     metric = key.lstrip("-")
     descending = key.startswith("-") or (metric in HIGHER_IS_BETTER and not key.startswith("+"))

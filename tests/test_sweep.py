@@ -247,3 +247,11 @@ def test_seeds_run_every_setting_once_per_seed_and_results_give_means_with_inter
     mean, low, high = intervals.bootstrap_interval([0.10, 0.11, 0.14, 0.15])
     assert base == f"| base | 4 | {mean:.4g} [{low:.4g}, {high:.4g}] | 1 [1, 1] |"
     assert "Means over seeds and inputs" in (tmp_path / "report.html").read_text()
+    # the trade-off plot: a point per setting at its means, its intervals as error bars
+    points = report.setting_points(intervals.summarize(rows, ["warping_error", "seconds_per_frame"]))
+    base_point = next(p for p in points if p["run"] == "base")
+    assert base_point["warping_error"] == pytest.approx(mean)
+    assert base_point["bars"][1] == pytest.approx([mean - low, high - mean]) and base_point["bars"][0] == [0, 0]
+    assert [r.input for r in runs[:5]] == ["a"] * 4 + ["b"]
+    assert (tmp_path / "plots" / "trade_off.png").is_file()
+    assert report.setting_points(intervals.summarize(rows[:1], ["warping_error", "seconds_per_frame"])) is None
