@@ -56,9 +56,19 @@ def probe(pipe, poses_path, prompt, steps, guidance, copies):
                    for name, flags in TECHNIQUES.items()}
 
 
-def measure(model="toy", steps=20, guidance=3.0, copies=8):
-    """The probe on every prompt: {"plain": {prompt: spread}, "ratios": {technique: {prompt: ratio}}}."""
-    pipe = sdvideo.load(model=model, device="cpu")
+def candidate(work, control):
+    """A toy training folder's checkpoints as a loaded pipeline (toy/checkpoints.py), and its label."""
+    from cli.api import Pipeline
+    from toy.checkpoints import pipeline_from_work
+    pipe, step = pipeline_from_work(work, control=control)
+    label = f"{os.path.basename(os.path.normpath(work))} (UNet step {step}{'' if control else ', no ControlNet'})"
+    return Pipeline(pipe, {"model": "toy", "device": "cpu"}), label
+
+
+def measure(model="toy", steps=20, guidance=3.0, copies=8, pipe=None):
+    """The probe on every prompt: {"plain": {prompt: spread}, "ratios": {technique: {prompt: ratio}}};
+    ``pipe``: a loaded pipeline to probe instead of ``model``'s (then ``model`` only labels it)."""
+    pipe = pipe or sdvideo.load(model=model, device="cpu")
     swing = pose_extract.read_poses(os.path.join(ROOT, "demo", "golf_swing.json"))
     repeated = pose_extract.PoseSequence(np.repeat(swing.keypoints[:1], copies, axis=0), swing.canvas_size, swing.fps)
     measured = {"model": model, "steps": steps, "guidance": guidance, "copies": copies, "plain": {},
@@ -101,8 +111,19 @@ def main(argv=None):
     parser.add_argument("--model", default="toy", help="the toy model to probe (toy, toy64)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance (the toy model's)")
+    parser.add_argument("--work", help="probe a training folder's checkpoints instead (a toy world 3 candidate "
+                                       "mid-training); prints the table and writes nothing")
+    parser.add_argument("--no-control", action="store_true",
+                        help="with --work: leave the ControlNet out (untrained), to compare UNets before it exists")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.work:
+        pipe, label = candidate(args.work, not args.no_control)
+        measured = measure(label, args.steps, args.guidance, pipe=pipe)
+        measured.update(machine=platform.machine(), date=time.strftime("%Y-%m-%d"),
+                        minutes=(time.perf_counter() - started) / 60)
+        print(report(measured))
+        return
     measured = measure(args.model, args.steps, args.guidance)
     measured.update(machine=f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - started) / 60)

@@ -111,3 +111,21 @@ def test_toy_world_2_limbs_are_thin_and_the_arm_mask_is_the_arms_alone(swing2):
 
 def test_toy_world_2_held_out_poses_scale_with_the_picture():
     assert np.allclose(motions.heldout_poses(3, tw.SIZE)[..., :2], 2 * motions.heldout_poses(3, tw.FIRST_SIZE)[..., :2], atol=1e-4)
+
+
+def test_an_accent_colour_is_worn_on_cap_and_shoes_and_tints_the_stripes_and_leaves_toy_world_2_draws_alone(swing2):
+    from dataclasses import replace
+
+    plain = looks.random_nuisance(np.random.default_rng(5))
+    accented = looks.random_nuisance(np.random.default_rng(5), accent=True)
+    assert plain.accent == -1 and replace(accented, accent=-1, cap=plain.cap, texture=plain.texture) == plain
+    assert accented.cap == accented.accent >= 0 and accented.texture == "stripes"
+    keypoints = swing2[0]
+    image, _ = tw.render(keypoints, looks.Look(background="studio"), accented)
+    colour = np.float32(looks.CAP_COLORS[accented.accent])
+    for joint in (tw.R_ANK, tw.L_ANK):  # the shoes, just below each ankle
+        x, y = keypoints[joint, :2] + (0.0, 0.12 * tw.torso_length(keypoints))
+        assert np.abs(image[int(round(y)), int(round(x))].astype(np.float32) * 1.0 / accented.light - colour).max() < 60
+    stripes = looks.texture("stripes", 3, 64, 64, accent=accented.accent)
+    direction = colour / 255 - 0.5
+    assert np.corrcoef(stripes.reshape(-1, 3).std(0), np.abs(direction))[0, 1] > 0.99  # tinted in its colour

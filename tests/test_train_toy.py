@@ -135,4 +135,22 @@ def test_offset_noise_shifts_each_pictures_channels_and_a_recipe_without_it_reco
     torch.manual_seed(0)
     offset = train_toy.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
     assert plain.std() < 0.1 < 0.3 < offset.std()  # 1/16 (a mean of 256 normals) against ~0.5
-    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0)) == {}  # the first toy world's recipe still matches
+    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False)) == {}  # the first toy world's recipe still matches
+
+
+def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_for_the_probe(tmp_path):
+    from toy.checkpoints import pipeline_from_work
+
+    work = tmp_path / "work"
+    one_step = ["--vae-steps", "1", "--unet-steps", "1", "--controlnet-steps", "1", "--grid-every", "0"]
+    train_toy.main([*FEW, *one_step, "--unet-levels", "1", "--accent", "--work", str(work), "--out", str(tmp_path / "out")])
+    saved = torch.load(work / "unet.pt", weights_only=False)
+    assert saved["config"]["unet_levels"] == 1 and saved["config"]["accent"] is True
+    assert pipeline_from_work(str(work))[0].controlnet.controlnet_mid_block.weight.abs().max() > 0  # trained
+    pipe, step = pipeline_from_work(str(work), control=False)
+    assert step == 1 and len(pipe.unet.down_blocks) == 1 and pipe.unet.down_blocks[0].attentions
+    # the ControlNet left out: an untrained one adds nothing, so the pose changes no prediction
+    latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, builtin.TINY_MAX_TOKENS, train_toy.TEXT_DIM)
+    down, mid = pipe.controlnet(latents, 500, encoder_hidden_states=text, controlnet_cond=torch.rand(1, 3, 128, 128),
+                                return_dict=False)
+    assert all(float(d.abs().max()) == 0 for d in down) and float(mid.abs().max()) == 0

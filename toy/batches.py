@@ -27,16 +27,16 @@ def _tile(pictures, grid):
     return np.concatenate(rows, axis=0)
 
 
-def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None, device="cpu"):
+def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None, device="cpu", accent=False):
     """A training batch of ``count`` pictures: (B, 3, H, W) in [-1, 1], masks (B, H, W), pose maps
     (B, 3, H, W) in [0, 1], prompts. With grid > 1 each picture is a grid x grid tiling of
     size-px frames of one look (one prompt) in different poses, H = W = grid * size. With thin
     (grid 1), the masks are 1 on the figure and 2 on its arms and club (toyworld.thin_parts_mask).
-    golfer_share: as motions.sample's (None: a quarter of the subjects are golfers). Drawn on the
+    golfer_share, accent: as motions.sample's (None: a quarter of the subjects are golfers). Drawn on the
     CPU; the tensors are then put on ``device`` (the training device)."""
     images, masks, maps, prompts = [], [], [], []
     for _ in range(count):
-        cells = [motions.sample(rng, swing, size, golfer_share=golfer_share)]
+        cells = [motions.sample(rng, swing, size, golfer_share=golfer_share, accent=accent)]
         if thin:
             image, mask, keypoints, prompt, look = cells[0]
             cells[0] = (image, mask.astype(np.float32) + toyworld.thin_parts_mask(keypoints, look.golfer, size),
@@ -44,7 +44,7 @@ def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None, device
         for _ in range(grid * grid - 1):  # the same look and nuisances, another pose
             keypoints = (motions.jittered(swing[rng.integers(len(swing))], rng, size) if rng.random() < 0.3
                          else motions.random_pose(rng, size))
-            cells.append((*toyworld.render(keypoints, cells[0][4], looks.random_nuisance(rng), size),
+            cells.append((*toyworld.render(keypoints, cells[0][4], looks.random_nuisance(rng, accent), size),
                           keypoints))
         images.append(_tile([c[0] for c in cells], grid))
         masks.append(_tile([c[1][..., None] for c in cells], grid)[..., 0])

@@ -5,7 +5,7 @@ and the backgrounds (``clean_background``, the additive ``texture``). toyworld.p
 """
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -53,6 +53,11 @@ class Nuisance:
     cap: int = -1  # index into CAP_COLORS, -1: no cap
     shadow: float = 0.0  # 0: none, else its darkness (fraction of the ground's brightness removed)
     shadow_width: float = 1.0
+    accent: int = -1  # toy world 3 candidate (issue 34): an index into CAP_COLORS worn on cap and shoes and
+    # tinting the background's stripes, one look across distant parts of the picture; -1: none
+
+
+ACCENT_STRIPES = 28.0  # the accent-tinted stripes' amplitude (0-255)
 
 
 def _place(background):
@@ -83,7 +88,17 @@ def random_look(rng):
                 BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
 
 
-def random_nuisance(rng):
+def random_nuisance(rng, accent=False):
+    """A nuisance draw; with ``accent`` (a toy world 3 candidate), a cap always, one accent colour on the
+    cap, the shoes and the background's stripes (drawn after the others, so that the rest match)."""
+    nuisance = _random_nuisance(rng)
+    if not accent:
+        return nuisance
+    index = int(rng.integers(len(CAP_COLORS)))
+    return replace(nuisance, accent=index, cap=index, texture="stripes")
+
+
+def _random_nuisance(rng):
     return Nuisance(texture=TEXTURES[rng.integers(len(TEXTURES))], texture_seed=int(rng.integers(2 ** 31)),
                     light=float(rng.uniform(0.85, 1.15)), light_slope=float(rng.uniform(-0.12, 0.12)),
                     skin=int(rng.integers(len(SKIN_TONES))), hair=int(rng.integers(len(HAIR_COLORS))),
@@ -117,8 +132,9 @@ def clean_background(background, height, width):
     return _bands(height, width, [(0.7, (10, 14, 40), (25, 30, 65)), (1.0, (32, 36, 42), (26, 28, 34))]), 0.7
 
 
-def texture(kind, seed, height, width):
-    """An additive texture layer (H, W, 3) float: clouds, stripes, grain or nothing."""
+def texture(kind, seed, height, width, accent=-1):
+    """An additive texture layer (H, W, 3) float: clouds, stripes, grain or nothing; stripes tinted in
+    CAP_COLORS[accent] where accent >= 0 (toward the colour and away from it)."""
     rng = np.random.default_rng(seed)
     layer = np.zeros((height, width, 3), np.float32)
     if kind == "clouds":
@@ -132,7 +148,11 @@ def texture(kind, seed, height, width):
         angle, period = rng.uniform(0, math.pi), rng.uniform(0.06, 0.16) * width
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
         wave = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period)
-        layer += (wave * 14.0)[..., None]
+        if accent >= 0:
+            tint = np.float32(CAP_COLORS[accent]) / 255.0 - 0.5
+            layer += wave[..., None] * ACCENT_STRIPES * tint / max(1e-3, float(np.abs(tint).max()))
+        else:
+            layer += (wave * 14.0)[..., None]
     elif kind == "grain":
         layer += rng.normal(0, 9.0, (height, width, 1)).astype(np.float32)
     return layer

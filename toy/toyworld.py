@@ -180,7 +180,8 @@ def _draw_figure(canvas, mask, keypoints, look, nuisance, body):
         limb(knee, ankle, body.shin, trousers)
         if seen[ankle]:
             foot = keypoints[ankle, :2] + (0.0, 0.12 * length)
-            for target, value in ((canvas, SHOE_COLOR), (mask, 255)):
+            shoe = CAP_COLORS[nuisance.accent] if nuisance.accent >= 0 else SHOE_COLOR
+            for target, value in ((canvas, shoe), (mask, 255)):
                 cv2.ellipse(target, tuple(int(round(v)) for v in foot),
                             (max(1, int(0.22 * length)), max(1, int(0.12 * length))), 0, 0, 360, value, -1, cv2.LINE_AA)
     if seen[R_HIP] and seen[L_HIP]:
@@ -253,7 +254,7 @@ def render(keypoints, look, nuisance, size=SIZE):
     points = keypoints.astype(np.float64).copy()
     points[:, :2] *= SUPERSAMPLE
     background, ground = clean_background(look.background, big, big)
-    background = background + texture(nuisance.texture, nuisance.texture_seed, big, big)
+    background = background + texture(nuisance.texture, nuisance.texture_seed, big, big, nuisance.accent)
     if nuisance.shadow > 0 and (points[[R_ANK, L_ANK], 2] > 0).any():
         feet = points[[R_ANK, L_ANK]][points[[R_ANK, L_ANK], 2] > 0, :2].mean(axis=0)
         length = torso_length(points)

@@ -43,8 +43,11 @@ DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, a
 NOISE_OFFSET = 0.1  # offset noise (diffusers' --noise_offset): SD's schedule leaves brightness in its last step's noise
 
 
-def build_models(tokenizer, size):
-    """The untrained VAE, text encoder and UNet for pictures of ``size`` px (seeded by the caller)."""
+def build_models(tokenizer, size, unet_levels=3):
+    """The untrained VAE, text encoder and UNet for pictures of ``size`` px (seeded by the caller).
+    unet_levels: the UNet's resolutions (3: toy world 2's 16, 8 and 4; 1: the latent resolution
+    alone, with self-attention in every block, a toy world 3 candidate that leaves the convolutions
+    no coarse level through which to carry a look across the picture, issue 34)."""
     levels = 4 if size >= toyworld.SIZE else 3  # an 8x VAE for toy world 2, 4x for the first
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                         block_out_channels=(16, 32, 64, 64)[:levels], norm_num_groups=8,
@@ -54,6 +57,9 @@ def build_models(tokenizer, size):
     # the first world had it at half and a quarter
     down = (("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if levels == 4 else
             ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"))
+    widths = (32, 64, 64)
+    if unet_levels == 1:
+        down, widths = ("CrossAttnDownBlock2D",), (64,)
     up = tuple({"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}[d] for d in reversed(down))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=2,
@@ -62,7 +68,7 @@ def build_models(tokenizer, size):
         pad_token_id=tokenizer.pad_token_id, projection_dim=TEXT_DIM))
     unet = UNet2DConditionModel(
         sample_size=size // 2 ** (levels - 1), in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 64), norm_num_groups=16, cross_attention_dim=TEXT_DIM,
+        block_out_channels=widths, norm_num_groups=16, cross_attention_dim=TEXT_DIM,
         attention_head_dim=8, use_linear_projection=True, down_block_types=down, up_block_types=up)
     return vae, text_encoder, unet
 
@@ -182,16 +188,25 @@ def train_vae(vae, swing, args):
     run_stage(Stage("vae", args.work, vae.parameters(), 1e-3, args.vae_steps, config),
               {"vae": vae, "disc": disc, "disc_optimizer": disc_optimizer}, vae_loss, args)
     vae.requires_grad_(False).eval()
-    with torch.no_grad():  # a fixed batch: a resumed run finds the same factor
-        images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, args.size, device=args.device)[0]
+    set_scaling_factor(vae, swing, args.size, args.device)
+
+
+def set_scaling_factor(vae, swing, size, device="cpu"):
+    """Unit-variance latents, as SD's 0.18215 was measured; from a fixed batch, so that a resumed run
+    (or a probe of a checkpoint, toy/checkpoints.py) finds the same factor."""
+    with torch.no_grad():
+        images = torch.cat([batches.batch(np.random.default_rng([9, k]), 32, swing, size, device=device)[0]
                             for k in range(8)])
         std = vae.encode(images).latent_dist.mean.std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)  # unit-variance latents, as SD's 0.18215 was measured
+    vae.register_to_config(scaling_factor=1.0 / std)
 
 
 def offset_config(args):
-    """The noise offset's entry in a stage's recorded recipe: none at 0, so older checkpoints match."""
-    return {"noise_offset": args.noise_offset} if args.noise_offset else {}
+    """The noise offset's and the UNet's levels' entries in a stage's recorded recipe: none at their
+    old values (no offset, 3 levels), so older checkpoints match."""
+    return {**({"noise_offset": args.noise_offset} if args.noise_offset else {}),
+            **({"unet_levels": args.unet_levels} if args.unet_levels != 3 else {}),
+            **({"accent": True} if args.accent else {})}
 
 
 def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
@@ -199,7 +214,7 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     def unet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
-                                              device=args.device)
+                                              device=args.device, accent=args.accent)
         noisy, noise, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
@@ -223,7 +238,8 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
-                                                 golfer_share=args.golfer_share, device=args.device)
+                                                 golfer_share=args.golfer_share, device=args.device,
+                                                 accent=args.accent)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
@@ -259,7 +275,7 @@ def train(args):
     torch.manual_seed(args.seed)
     os.makedirs(args.work, exist_ok=True)
     tokenizer = builtin.build_tiny_tokenizer()
-    vae, text_encoder, unet = (m.to(args.device) for m in build_models(tokenizer, args.size))
+    vae, text_encoder, unet = (m.to(args.device) for m in build_models(tokenizer, args.size, args.unet_levels))
     swing = batches.swing_poses(args.size)
     # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
     train_vae(vae, swing, args)
@@ -297,6 +313,11 @@ def main(argv=None):
     parser.add_argument("--noise-offset", type=float, default=NOISE_OFFSET,
                         help="offset noise in the UNet's and ControlNet's training (diffusers' --noise_offset; "
                              "without it toy world 2 draws night too bright, docs/toy_world.md; 0: none)")
+    parser.add_argument("--unet-levels", type=int, choices=(1, 3), default=3,
+                        help="the UNet's resolutions: 3 (toy world 2) or 1, the latent resolution alone (issue 34)")
+    parser.add_argument("--accent", action="store_true",
+                        help="a toy world 3 candidate's pictures: one random accent colour on the cap, the shoes and "
+                             "the background's stripes (issue 34; the VAE stage ignores it)")
     parser.add_argument("--batch", type=int, default=32, help="UNet/ControlNet batch size (frames; a grid is 4)")
     parser.add_argument("--vae-batch", type=int, default=16, help="VAE batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet/ControlNet peak learning rate")
