@@ -38,6 +38,11 @@ $(VENV)/.mediapipe: $(VENV)/.installed requirements-mediapipe.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-mediapipe.txt
 	touch $@
 
+# DeepCache's own helper, tests/test_deep_cache.py's reference (see the file for --no-deps).
+$(VENV)/.deepcache: $(VENV)/.installed requirements-deepcache.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-deepcache.txt
+	touch $@
+
 # Gradio for the web app (cli/app.py) and its browser test; kept out of `make demo`'s install.
 # The constraint keeps the installed torch (gradio does not need one; nothing may swap it).
 $(VENV)/.app: $(VENV)/.installed requirements-app.txt
@@ -45,7 +50,7 @@ $(VENV)/.app: $(VENV)/.installed requirements-app.txt
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -r requirements-app.txt
 	touch $@
 
-test: install $(VENV)/.mediapipe $(VENV)/.app
+test: install $(VENV)/.mediapipe $(VENV)/.deepcache $(VENV)/.app
 	$(PY) -m pytest -q tests
 
 # The web app on http://127.0.0.1:7860 (this machine only): the toy model and the bundled swing.

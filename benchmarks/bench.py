@@ -18,6 +18,8 @@ subprocess, so peak memory is its own:
   (j), (k) the same at 1 step
   (l) cross-frame attention to the first frame, (m) StreamV2V's feature bank (N = 1, fusion 0.8),
       (n), (o) VidToMe's token merging at R = 0.5 and 0.9 (not in the default --configs)
+  (p), (q) DeepCache at interval 3, shallow branch B = 1 and 2; (r) the frame cache, K = 2, B = 1;
+      (s) both, N = 3, K = 2, B = 1 (not in the default --configs; speed against (c))
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
@@ -39,7 +41,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench_config import CONFIGS, FEW_STEPS, OPTIONS, run_config  # noqa: E402
+from bench_config import CONFIGS, DEEP_CACHE, FEW_STEPS, OPTIONS, run_config  # noqa: E402
 from bench_models import ARCHS, machine_name, machine_peak, unit_flops  # noqa: E402
 
 
@@ -54,7 +56,9 @@ def bounds(args):
             "e": f * n / (keys * n + (f - keys) * s_steps),
             "f": f / (-(-f // 4) * 4), "g": f / (-(-f // 9) * 9),  # a grid's fill is computed too
             **{k: n * branches / steps for k, steps in FEW_STEPS.items()},
-            "l": f / (f + -(-f // args.batch_size)), "m": 1.0, "n": 1.0, "o": 1.0}  # (l): the anchor rides along
+            "l": f / (f + -(-f // args.batch_size)), "m": 1.0, "n": 1.0, "o": 1.0,  # (l): the anchor rides along
+            # DeepCache: the full evaluations it skips, its shallow ones counted free
+            **{k: f * n / (-(-n // every) * -(-f // group)) for k, (every, _, group) in DEEP_CACHE.items()}}
 
 
 def memory_scaling(args):
@@ -190,15 +194,27 @@ def table_rows(args, results, flops, peak):
         total = (r["unet_evals"] * flops["unet"] + r["controlnet_evals"] * (flops["controlnet"] - flops["control_embedding"])
                  + r["control_embeddings"] * flops["control_embedding"]
                  + args.frames * flops["tiny_vae_decode" if name in FEW_STEPS else "vae_decode"]
-                 + (args.frames * flops["vae_encode"] if name == "e" else 0))
+                 + (args.frames * flops["vae_encode"] if name == "e" else 0)
+                 + shallow_work(name, r, flops))
         r["tflop_per_frame"] = total / args.frames / 1e12
         r["fraction_of_peak"] = total / r["seconds"] / peak
         r["speedup_vs_a"] = base / r["seconds_per_frame"] if base else None
         r["bound_vs_a"] = best[name]
-        rows.append(f"| ({name}) {CONFIGS[name]} | {r['seconds_per_frame']:.3f} | {r['unet_evals_per_frame']:.1f} | "
+        shallow = r.get("unet_shallow_evals", 0) / args.frames
+        evals = f"{r['unet_evals_per_frame']:.1f}" + (f" + {shallow:.1f} shallow" if shallow else "")
+        rows.append(f"| ({name}) {CONFIGS[name]} | {r['seconds_per_frame']:.3f} | {evals} | "
                     f"{r['peak_bytes'] / 2 ** 30:.2f} | {r['tflop_per_frame']:.3f} | {100 * r['fraction_of_peak']:.1f} % | "
                     + (f"{r['speedup_vs_a']:.2f}x | {best[name]:.2f}x |" if base else "- | - |"))
     return rows
+
+
+def shallow_work(name, result, flops):
+    """FLOPs of a DeepCache configuration's shallow evaluations (the pose-map embedding reused, as above)."""
+    if name not in DEEP_CACHE:
+        return 0
+    branch = DEEP_CACHE[name][1]
+    return (result["unet_shallow_evals"] * flops[f"unet_shallow_{branch}"]
+            + result["controlnet_shallow_evals"] * (flops[f"controlnet_shallow_{branch}"] - flops["control_embedding"]))
 
 
 def footer(args, results, frames):
@@ -221,6 +237,12 @@ def footer(args, results, frames):
                 text += (f", {results['c']['seconds_per_frame'] / results[ours]['seconds_per_frame']:.2f}x the "
                          f"{args.steps}-step plain run (c)")
             text += f", {1 / results[ours]['seconds_per_frame']:.1f} frames/s. "
+    for name in DEEP_CACHE:  # DeepCache against the plain run it approximates
+        if {name, "c"} <= results.keys():
+            difference = np.abs(frames[name].astype(int) - frames["c"].astype(int))
+            speedup = results["c"]["seconds_per_frame"] / results[name]["seconds_per_frame"]
+            text += (f"DeepCache ({name}): {speedup:.2f}x the plain run (c), pixel difference from (c) {difference.mean():.2f}/255 mean, "
+                     f"{difference.max()}/255 at most. ")
     return text + "\n"
 
 
@@ -236,7 +258,8 @@ def compare(args):
               f"{args.dtype}, {args.width}x{args.height}, {args.frames} frames, {args.steps} DDIM steps, guidance "
               f"{args.guidance}, sdvideo batch {args.batch_size}; measured matmul peak {peak / 1e12:.2f} TFLOP/s. "
               "FLOPs: each model's count for one evaluation times the evaluations made, ControlNet's pose-map "
-              "embedding counted each time it is computed. The bound counts skipped frame-steps only.\n\n"
+              "embedding counted each time it is computed. The bound counts skipped frame-steps only (DeepCache: "
+              "skipped full evaluations, its shallow ones counted free).\n\n"
               "| configuration | s / frame | UNet evals / frame | peak memory (GiB) | TFLOP / frame | of peak | "
               "speed-up vs (a) | bound |\n|---|---|---|---|---|---|---|---|\n")
     table = header + "\n".join(rows) + "\n" + footer(args, results, frames)

@@ -1,4 +1,4 @@
-"""One benchmark configuration, run and measured in this process: (a)-(o) of bench.py, each
+"""One benchmark configuration, run and measured in this process: (a)-(s) of bench.py, each
 either diffusers' pipeline as a user would call it or sdvideo's loop with a technique, after a
 short warm-up; sdvideo's speed options (``OPTIONS``, ``--options``) as the CLI applies them.
 """
@@ -23,8 +23,13 @@ CONFIGS = {
 }
 CONFIGS.update({"l": "sdvideo + cross-frame attention (anchor)", "m": "sdvideo + StreamV2V feature bank N=1, fusion 0.8",
                 "n": "sdvideo + VidToMe token merging R=0.5", "o": "sdvideo + VidToMe token merging R=0.9"})
+# DeepCache's configurations: (--cache-interval N, --cache-branch B, --cache-frames K)
+DEEP_CACHE = {"p": (3, 1, 1), "q": (3, 2, 1), "r": (1, 1, 2), "s": (3, 1, 2)}
+CONFIGS.update({name: "sdvideo + " + ", ".join([f"DeepCache N={n}"] * (n > 1) + [f"frame cache K={k}"] * (k > 1))
+                + f", B={b}" for name, (n, b, k) in DEEP_CACHE.items()})
 FEW_STEPS = {"h": 4, "i": 4, "j": 1, "k": 1}  # the few-step configurations' steps (guidance 0, tiny VAE)
 DIFFUSERS = "abhj"  # the configurations that call diffusers' pipeline
+EVALUATIONS = ("unet", "controlnet", "embedding", "unet_all", "controlnet_all")  # count_evaluations' counts
 # Speed options of sdvideo (models.ModelSpec fields, plus the dtype), measured with --options.
 OPTIONS = {
     "defaults": {},
@@ -41,19 +46,23 @@ OPTIONS = {
 
 def count_evaluations(pipe, args):
     """Forward pre-hooks that count the UNet's, the ControlNet's and its pose-map encoder's
-    evaluations in frames (a grid picture counts as the frames of its area) -> the counts dict."""
+    evaluations in frames (a grid picture counts as the frames of its area) -> the counts dict. The
+    models' input convolutions run in DeepCache's shallow evaluations too, which call no model's forward:
+    "unet_all", "controlnet_all" count both kinds."""
     first_controlnet = getattr(pipe.controlnet, "nets", [pipe.controlnet])[0]
     embedding = first_controlnet.controlnet_cond_embedding  # the pose-map (hint) encoder, reused by sdvideo
-    evals = {"unet": 0, "controlnet": 0, "embedding": 0}
+    evals = dict.fromkeys(EVALUATIONS, 0)
     latent_area = args.height * args.width // 64
-    area = {"unet": latent_area, "controlnet": latent_area, "embedding": args.height * args.width}
+    area = {"unet": latent_area, "controlnet": latent_area, "embedding": args.height * args.width,
+            "unet_all": latent_area, "controlnet_all": latent_area}
 
     def count(positional, keywords, key):
         sample = positional[0] if positional else keywords["sample"]
         evals[key] += sample.shape[0] * sample.shape[-2] * sample.shape[-1] / area[key]
 
     for model, key in ((pipe.unet, "unet"), (first_controlnet, "controlnet"),
-                       (getattr(embedding, "inner", embedding), "embedding")):
+                       (getattr(embedding, "inner", embedding), "embedding"), (pipe.unet.conv_in, "unet_all"),
+                       (first_controlnet.conv_in, "controlnet_all")):
         model.register_forward_pre_hook(lambda m, a, kw, key=key: count(a, kw, key), with_kwargs=True)
     return evals
 
@@ -85,8 +94,11 @@ def prepare(name, args):
 def sdvideo_plan(name, pipe, maps, steps, args):
     """The technique(s) and keyframe plan of an sdvideo configuration."""
     from loop import pipeline, planners, techniques
+    from loop.deep_cache import DeepCache
     from loop.keyframes import KeyframePlan
 
+    if name in DEEP_CACHE:
+        return [DeepCache(*DEEP_CACHE[name])], None
     if name == "d":
         return [techniques.Copy(steps // 2, "anchor", "first")], None
     if name in "fg":
@@ -145,7 +157,7 @@ def run_config(name, args):
     warm_frames = 2 if name == "a" else args.frames if name in DIFFUSERS else max(2, args.batch_size)
     work(range(min(warm_frames, args.frames)), min(2, steps))
     warm_up = time.perf_counter() - start
-    evals.update(unet=0, controlnet=0, embedding=0)
+    evals.update(dict.fromkeys(EVALUATIONS, 0))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     synchronize(args.device)
@@ -160,4 +172,6 @@ def run_config(name, args):
     return {"config": name, "option": args.option, "warm_up_seconds": warm_up, "seconds": seconds,
             "seconds_per_frame": seconds / args.frames, "unet_evals_per_frame": evals["unet"] / args.frames,
             "controlnet_evals_per_frame": evals["controlnet"] / args.frames, "peak_bytes": peak,
-            "unet_evals": evals["unet"], "controlnet_evals": evals["controlnet"], "control_embeddings": evals["embedding"]}
+            "unet_evals": evals["unet"], "controlnet_evals": evals["controlnet"],
+            "control_embeddings": evals["embedding"], "unet_shallow_evals": evals["unet_all"] - evals["unet"],
+            "controlnet_shallow_evals": evals["controlnet_all"] - evals["controlnet"]}

@@ -86,7 +86,8 @@ def synchronize(device):
 
 
 def unit_flops(args):
-    """FLOPs of one UNet, one ControlNet evaluation (batch 1) and one VAE decode and encode."""
+    """FLOPs of one UNet, one ControlNet evaluation (batch 1), their shallow evaluations (DeepCache)
+    and one VAE decode and encode."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -112,8 +113,30 @@ def unit_flops(args):
             with FlopCounterMode(display=False) as counter:
                 fn()
             counts[key] = counter.get_total_flops()
+        counts.update(shallow_flops(pipe, sample, context, hint))
     counts["parameters_unet"] = sum(p.numel() for p in pipe.unet.parameters())
     counts["parameters_controlnet"] = sum(p.numel() for p in pipe.controlnet.parameters())
+    return counts
+
+
+def shallow_flops(pipe, sample, context, hint):
+    """FLOPs of one DeepCache shallow evaluation of the UNet and of the ControlNet (pose-map embedding
+    included, as in "controlnet") per branch B -> {"unet_shallow_B": ..., "controlnet_shallow_B": ...}."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loop.deep_cache import captured_inputs, deep_branch_limit, shallow_controlnet, shallow_unet
+
+    counts, timestep = {}, torch.tensor(500)
+    for branch in range(1, deep_branch_limit(pipe) + 1):
+        with captured_inputs(pipe.unet.up_blocks[len(pipe.unet.up_blocks) - branch]) as seen:
+            pipe.unet(sample, timestep, encoder_hidden_states=context)
+        for key, fn in (("unet", lambda: shallow_unet(pipe.unet, sample, timestep, context, seen[-1], branch)),
+                        ("controlnet", lambda: shallow_controlnet(pipe.controlnet, sample, timestep, context, hint,
+                                                                  1.0, branch))):
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            counts[f"{key}_shallow_{branch}"] = counter.get_total_flops()
     return counts
 
 

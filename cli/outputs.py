@@ -165,19 +165,20 @@ def save_checkpoint(run, latents, stats):
     try:
         with atomic_path(run.path(CHECKPOINT)) as tmp:
             save_file({"latents": latents.float().cpu().contiguous()}, tmp,
-                      metadata={"unet_evals": str(stats.unet_evals), "controlnet_evals": str(stats.controlnet_evals)})
+                      metadata={name: str(count) for name, count in dataclasses.asdict(stats).items()})
     except SafetensorError as error:  # its I/O failures (disk full, size limit) are OSErrors to the caller
         raise OSError(str(error).rsplit(": ", 1)[-1]) from None
 
 
 def load_checkpoint(run):
-    """(latents, {"unet_evals", "controlnet_evals"}) saved by an interrupted run, or None."""
+    """(latents, the LoopStats counts by name) saved by an interrupted run, or None."""
     if not os.path.isfile(run.path(CHECKPOINT)):
         return None
     with safe_open(run.path(CHECKPOINT), framework="pt") as f:
         metadata = f.metadata()
         latents = f.get_tensor("latents")
-    return latents, {k: int(metadata[k]) for k in ("unet_evals", "controlnet_evals")}
+    names = [field.name for field in dataclasses.fields(pipeline.LoopStats)]
+    return latents, {k: int(metadata[k]) for k in names if k in metadata}  # older checkpoints: full counts only
 
 
 def finished_frames(run, pipe, latents, chunk, progress):
@@ -278,6 +279,9 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
         "timings": timings,
         "cost": {"unet_evals_per_frame": stats.unet_evals / num_frames,
                  "controlnet_evals_per_frame": stats.controlnet_evals / num_frames,
+                 # DeepCache's shallow branch (--cache-interval, --cache-frames): its first and last blocks only
+                 "unet_shallow_evals_per_frame": stats.unet_shallow_evals / num_frames,
+                 "controlnet_shallow_evals_per_frame": stats.controlnet_shallow_evals / num_frames,
                  "seconds_per_frame": timings["total_s"] / num_frames,
                  "peak_memory_gib": peak_memory_gib(pipe._execution_device),
                  "inversion": inversion_cost(found)},

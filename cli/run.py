@@ -161,7 +161,7 @@ def build_techniques(args, sources):
         sources.save(args.save_residuals)
     found = [t for t in (cls.from_args(args, sources) for cls in registry.TECHNIQUES) if t is not None]
     try:
-        pipeline.batch_planner(found)
+        pipeline.evaluation_planner(found, pipeline.batch_planner(found))
     except ValueError as error:
         raise UserError(f"{error}; choose one") from None
     return found, KeyframePlan.from_args(args, sources)

@@ -40,10 +40,18 @@ class GenerationConfig:
 
 @dataclass
 class LoopStats:
-    """What the loop did: UNet and ControlNet evaluations (one per frame per CFG branch)."""
+    """What the loop did: UNet and ControlNet evaluations (one per frame per CFG branch), full ones
+    and DeepCache's shallow ones (the first down and last up blocks only) apart."""
 
     unet_evals: int = 0
     controlnet_evals: int = 0
+    unet_shallow_evals: int = 0
+    controlnet_shallow_evals: int = 0
+
+    def count(self, model, evaluations, shallow=False):
+        """Add ``evaluations`` of ``model`` ("unet" or "controlnet")."""
+        name = f"{model}_shallow_evals" if shallow else f"{model}_evals"
+        setattr(self, name, getattr(self, name) + evaluations)
 
 
 @dataclass
@@ -105,6 +113,13 @@ class Technique:
         None: a frame per input."""
         return None
 
+    def plan_evaluations(self, step, computed):
+        """How step ``step`` evaluates the computed frames (pass indices): [(frames, make_models)], run
+        in that order, ``make_models(pipe, batch, chunk)`` giving each call's predict.Models (DeepCache: full
+        evaluations that keep deep features, then shallow ones that reuse them). None: every frame in
+        full. At most one technique of a run does this."""
+        return None
+
     def before_step(self, step, t, latents, active):
         """Called before step ``step`` (timestep ``t``) predicts noise. ``active``, here and in every
         hook: (F,) bool, the frames computed at this step."""
@@ -131,6 +146,17 @@ def batch_planner(techniques):
         names = " and ".join(getattr(t, "name", type(t).__name__) for t in planners)
         raise ValueError(f"{names} both plan the model's batch")
     return planners[0] if planners else None
+
+
+def evaluation_planner(techniques, planner):
+    """The one technique that plans the step's evaluations (overrides plan_evaluations), or None; a
+    ValueError beside another such technique or a grid planner (a grid picture's features are not
+    one frame's)."""
+    found = [t for t in techniques if type(t).plan_evaluations is not Technique.plan_evaluations]
+    if len(found) > 1 or (found and planner is not None and type(planner).plan_grids is not Technique.plan_grids):
+        names = " and ".join(getattr(t, "name", type(t).__name__) for t in (*found, planner) if t is not None)
+        raise ValueError(f"{names} cannot share a run: each decides how a step's frames are evaluated")
+    return found[0] if found else None
 
 
 def control_scales(num_steps, scale, start, end):
@@ -186,7 +212,8 @@ def denoise(pipe, pose_maps, config, techniques=(), frame_ids=None, noise=None, 
     num_frames, height, width = pose_maps.shape[:3]
     frame_ids = list(range(num_frames)) if frame_ids is None else list(frame_ids)
     stats = LoopStats() if stats is None else stats
-    batcher = Batcher(pipe, pose_maps, frame_ids, config, stats, batch_planner(techniques))
+    planner = batch_planner(techniques)
+    batcher = Batcher(pipe, pose_maps, frame_ids, config, stats, planner, evaluation_planner(techniques, planner))
 
     # 1. encode prompt (once for the clip)
     if text_embeds is None:

@@ -3,7 +3,8 @@
 ``Batcher(pipe, pose_maps, frame_ids, config, stats, planner).predict(...)`` is what the loop
 (pipeline.denoise) calls once per step. It chunks the computed frames (``--batch-size``, halved on
 out-of-memory with ``auto``), lets at most one technique plan each call's batch (cross-frame
-attention brings its reference frames along) or tile the frames into grid pictures (RAVE), and
+attention brings its reference frames along) or tile the frames into grid pictures (RAVE), lets
+DeepCache (loop/deep_cache.py) order the step's frames and say how each call is evaluated, and
 hands each ControlNet (one per control) each frame's conditioning embedding computed once per pass
 (``PassThroughEmbedding``) rather than at every step.
 """
@@ -27,11 +28,12 @@ def pose_maps_to_control(pose_maps, device, dtype):
 
 
 def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, stats, attention_kwargs=None,
-                  frames_per_input=1):
+                  frames_per_input=1, models=None):
     """Guided noise prediction for one batch; latents (B, 4, h, w), control (B, 3, H, W) pose maps
     or their conditioning embeddings (B, C, h, w) (see PassThroughEmbedding), or a list of those,
     one per ControlNet, with ``cond_scale`` a list too. Model evaluations are counted in frames:
-    ``frames_per_input`` per input (a grid picture holds K*K).
+    ``frames_per_input`` per input (a grid picture holds K*K). ``models`` evaluates the call
+    (default ``Models``: ControlNet and UNet in full; DeepCache's shallow evaluations are counted apart).
 
     text_embeds is (2, L, D) as [negative, positive] with guidance, else (1, L, D).
     eps = eps_uncond + guidance * (eps_text - eps_uncond)   (classifier-free guidance)
@@ -42,20 +44,40 @@ def predict_noise(pipe, latents, control, t, text_embeds, cond_scale, guidance, 
         latents, control = torch.cat([latents] * 2), each(control, lambda c: torch.cat([c] * 2))
     embeds = text_embeds.repeat_interleave(batch, dim=0)  # (2B or B, L, D): [neg]*B + [pos]*B
     model_input = pipe.scheduler.scale_model_input(latents, t)
-    residuals = {}
+    models = models or Models(pipe)
+    evaluations = model_input.shape[0] * frames_per_input
+    residuals = None
     if max(np.atleast_1d(cond_scale)) > 0:  # outside the control window ControlNet adds zeros: skip it
-        down, mid = pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
-                                    conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
-                                    return_dict=False)
-        residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        stats.controlnet_evals += model_input.shape[0] * frames_per_input
-    noise_pred = pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
-                           return_dict=False, **residuals)[0]
-    stats.unet_evals += model_input.shape[0] * frames_per_input
+        residuals = models.controlnet(model_input, t, embeds, control, cond_scale, attention_kwargs)
+        stats.count("controlnet", evaluations, models.shallow)
+    noise_pred = models.unet(model_input, t, embeds, residuals, attention_kwargs)
+    stats.count("unet", evaluations, models.shallow)
     if do_cfg:
         noise_uncond, noise_text = noise_pred.chunk(2)
         noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
     return noise_pred
+
+
+class Models:
+    """One call's ControlNet and UNet evaluation in full, through the models' own forward: the plain
+    run's (loop/deep_cache.py has DeepCache's). Model inputs are (R, 4, h, w), R = 2B with guidance."""
+
+    shallow = False  # counted as a full evaluation
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def controlnet(self, model_input, t, embeds, control, cond_scale, attention_kwargs):
+        """The ControlNet residuals the UNet adds, as the UNet's keyword arguments."""
+        down, mid = self.pipe.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
+                                         conditioning_scale=cond_scale, cross_attention_kwargs=attention_kwargs,
+                                         return_dict=False)
+        return dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+    def unet(self, model_input, t, embeds, residuals, attention_kwargs):
+        """The UNet's output (R, 4, h, w); residuals: ``controlnet``'s, or None outside the control window."""
+        return self.pipe.unet(model_input, t, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
+                              return_dict=False, **(residuals or {}))[0]
 
 
 def each(control, function):
@@ -118,11 +140,13 @@ def control_embedding_caches(pipe):
 
 class Batcher:
     """A step's noise prediction for the computed frames, batch_size frames per model call (halved
-    on out-of-memory with --batch-size auto), each call's batch planned by at most one technique;
-    pose maps enter the ControlNet as embeddings computed once per frame where that is installed."""
+    on out-of-memory with --batch-size auto), each call's batch planned by at most one technique and
+    evaluated as the cache technique (DeepCache) says, if any; pose maps enter the ControlNet as
+    embeddings computed once per frame where that is installed."""
 
-    def __init__(self, pipe, pose_maps, frame_ids, config, stats, planner=None):
+    def __init__(self, pipe, pose_maps, frame_ids, config, stats, planner=None, cache=None):
         self.planner = planner  # the technique whose plan_batch shapes each call, or None
+        self.cache = cache  # the technique whose plan_evaluations orders and evaluates each step's frames, or None
         self.pipe, self.pose_maps, self.frame_ids, self.config, self.stats = pipe, pose_maps, frame_ids, config, stats
         self.device, self.dtype = pipe._execution_device, pipe.unet.dtype
         self.auto = config.batch_size == 0
@@ -142,13 +166,24 @@ class Batcher:
         grids = self.planner.plan_grids(step, computed) if self.planner else None
         if grids is not None:
             return self.predict_grids(latents, computed, *grids, t, text_embeds, cond_scale)
+        groups = (self.cache.plan_evaluations(step, computed) if self.cache else None) or [(computed, None)]
+        found = {}
+        for frames, make_models in groups:  # one after another: DeepCache's full evaluations before the shallow
+            found.update(zip(frames, self.predict_frames(latents, frames, active, t, text_embeds, cond_scale,
+                                                         make_models)))
+        return torch.stack([found[j] for j in computed])
+
+    def predict_frames(self, latents, frames, active, t, text_embeds, cond_scale, make_models=None):
+        """Guided noise of ``frames`` in chunks of the batch size; ``make_models(pipe, batch, chunk)``
+        gives the Models that evaluate a call (None: the plain ones)."""
         noise_pred, first = [], 0
-        while first < len(computed):
-            chunk = computed[first:first + self.size]
+        while first < len(frames):
+            chunk = frames[first:first + self.size]
             batch, attention_kwargs = (self.planner.plan_batch(chunk, active) if self.planner else None) or (chunk, None)
+            models = make_models(self.pipe, batch, chunk) if make_models else None
             try:
                 chunk_pred = predict_noise(self.pipe, latents[batch], self.control(batch), t, text_embeds, cond_scale,
-                                           self.config.guidance, self.stats, attention_kwargs)
+                                           self.config.guidance, self.stats, attention_kwargs, models=models)
             except torch.OutOfMemoryError:
                 if not self.shrink(len(chunk)):
                     raise
