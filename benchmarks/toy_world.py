@@ -231,8 +231,8 @@ def claims(runs):
     """The claims sections of the report: the seed's, flow fusion's, the peers' (in their settings and
     from noise), what moved between settings and since the single-run table."""
     probe = attention_probe()
-    now = {**verdicts(claims_table(runs, SEED_CLAIMS)), **verdicts(claims_table(runs, FLOW_CLAIMS)),
-           **verdicts(peer_claims(runs, probe))}
+    seed, flow, peer = tables(runs, probe)
+    now = {claim: verdict for table in (seed, flow, peer) for claim, verdict in verdicts(table).items()}
     return f"""Each claim is a relative change of one setting against its own baseline, paired by seed and
 input; it holds where the 95 % bootstrap interval of the mean paired change lies wholly on the
 claimed side, does not hold where it lies wholly on the other, and is undetermined where it spans
@@ -240,11 +240,11 @@ zero (`measure/intervals.py`).
 
 The original project's own claims (`../shared/seed.md`), in their setting, pose-to-video from noise:
 
-{claims_table(runs, SEED_CLAIMS)}
+{seed}
 
 Flow fusion (x0 over the first 10 % of the steps, the noisy latent to 50 %, w = 0.5):
 
-{claims_table(runs, FLOW_CLAIMS)}
+{flow}
 
 The newer training-free techniques' claims, each in its paper's own setting (one shared noise for
 Text2Video-Zero; the DDIM inversion of the source, or img2img at the paper's strength: presets
@@ -254,7 +254,7 @@ world" while the attention probe (`benchmarks/attention_probe.py`, its own secti
 model pushing frames apart through that mechanism instead of carrying frame 0's look (ratio above
 0.7); the papers measure other models and data, so only the direction is compared.
 
-{peer_claims(runs, probe)}
+{peer}
 
 Which verdicts moved between noise and the papers' own settings:
 
@@ -264,6 +264,11 @@ Which verdicts moved from the last single-run table (the swing's 64 frames, seed
 `benchmarks/results/toy_world_single_run.json`):
 
 {changed_verdicts(now, single_run_verdicts(probe))}"""
+
+
+def tables(runs, probe):
+    """The seed's, flow fusion's and the peers' claims tables of ``runs``, each computed once."""
+    return claims_table(runs, SEED_CLAIMS), claims_table(runs, FLOW_CLAIMS), peer_claims(runs, probe)
 
 
 def attention_probe():
@@ -283,9 +288,7 @@ def single_run_verdicts(probe):
     with open(SINGLE_RUN, encoding="utf-8") as f:
         rows = [{**r, "setting": r["run"].removeprefix("swing-"), "seed": 0, "input": "swing"}
                 for r in json.load(f)["techniques"]]
-    runs = by_setting(rows)
-    return {**verdicts(claims_table(runs, SEED_CLAIMS)), **verdicts(claims_table(runs, FLOW_CLAIMS)),
-            **verdicts(peer_claims(runs, probe))}
+    return {claim: verdict for table in tables(by_setting(rows), probe) for claim, verdict in verdicts(table).items()}
 
 
 def main(argv=None):
