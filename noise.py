@@ -69,19 +69,25 @@ def noise_slerp(generators, shape, dtype=torch.float32):
     return torch.stack([slerp(first, last, t) for t in ts])
 
 
-def noise_flow_gated(generators, shape, dtype=torch.float32, moving=None):
-    """Flow-gated noise (Ground-A-Video, ICLR 2024, its smoothing of the initial noise); returns
-    (F, C, H, W). moving: (F-1, H, W) in {0, 1}, 1 where the source clip moves between frames n-1
-    and n (its optical flow above a threshold).
+def gate_by_motion(latents, moving):
+    """Flow-gated latents (Ground-A-Video, ICLR 2024, its optical-flow-guided smoothing); latents
+    (F, C, H, W), moving (F-1, H, W) in {0, 1}, 1 where the source clip moves between frames n-1 and
+    n -> (F, C, H, W).
 
-    z_0 = e_0,  z_n = z_{n-1} + m_n (e_n - z_{n-1}): where the source is still a frame keeps its
-    predecessor's noise, where it moves its own; each element stays N(0, 1).
+    z_0 = x_0,  z_n = z_(n-1) + m_n (x_n - z_(n-1)): where the source is still a frame keeps its
+    predecessor's latent, where it moves its own.
     """
-    latents = [_draw(generators[0], shape, dtype)]
-    for generator, mask in zip(generators[1:], moving):
-        own = _draw(generator, shape, dtype)
-        latents.append(torch.where(mask.bool()[None], own, latents[-1]))  # the formula, exactly
-    return torch.stack(latents)
+    gated = [latents[0]]
+    for own, mask in zip(latents[1:], moving):
+        gated.append(torch.where(mask.bool()[None], own, gated[-1]))  # the formula, exactly
+    return torch.stack(gated)
+
+
+def noise_flow_gated(generators, shape, dtype=torch.float32, moving=None):
+    """Flow-gated noise: ``gate_by_motion`` on each frame's independent noise; returns (F, C, H, W),
+    every element still N(0, 1). (Ground-A-Video gates the DDIM inversion of its source; with
+    --invert-source the loop gates that instead, loop/techniques.py.)"""
+    return gate_by_motion(noise_independent(generators, shape, dtype), moving)
 
 
 NOISE = {

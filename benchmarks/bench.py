@@ -18,8 +18,8 @@ subprocess, so peak memory is its own:
   (j), (k) the same at 1 step
   (l) cross-frame attention to the first frame, (m) StreamV2V's feature bank (N = 1, fusion 0.8),
       (n), (o) VidToMe's token merging at R = 0.5 and 0.9 (not in the default --configs)
-  (p), (q) DeepCache at interval 3, shallow branch B = 1 and 2; (r) the frame cache, K = 2, B = 1;
-      (s) both, N = 3, K = 2, B = 1 (not in the default --configs; speed against (c))
+  (p), (q) DeepCache at interval 3, branch ids 0 and 2; (r) the frame cache, K = 2, branch 0;
+      (s) both, N = 3, K = 2, branch 0 (not in the default --configs; speed against (c))
 It prints and writes (``--out``) a markdown table: seconds per frame, UNet evaluations per frame,
 peak memory, FLOPs (torch's flop counter on one evaluation of each model, times the evaluations
 made), achieved fraction of the machine's peak (a matmul measured in the same run), each
@@ -249,7 +249,7 @@ def footer(args, results, frames):
 def compare(args):
     """The default mode: every configuration side by side, a table with FLOPs and bounds."""
     results, frames = measure_configs(args)
-    flops, peak = unit_flops(args), machine_peak(args)
+    flops, peak = unit_flops(args, [branch for _, branch, _ in DEEP_CACHE.values()]), machine_peak(args)
     rows = table_rows(args, results, flops, peak)
     header = (f"machine: {machine_name(args.device)}; torch {__import__('torch').__version__}; "
               f"{time.strftime('%Y-%m-%d')}\n\n"

@@ -23,10 +23,11 @@ CONFIGS = {
 }
 CONFIGS.update({"l": "sdvideo + cross-frame attention (anchor)", "m": "sdvideo + StreamV2V feature bank N=1, fusion 0.8",
                 "n": "sdvideo + VidToMe token merging R=0.5", "o": "sdvideo + VidToMe token merging R=0.9"})
-# DeepCache's configurations: (--cache-interval N, --cache-branch B, --cache-frames K)
-DEEP_CACHE = {"p": (3, 1, 1), "q": (3, 2, 1), "r": (1, 1, 2), "s": (3, 1, 2)}
+# DeepCache's configurations: (--cache-interval N, --cache-branch ID, --cache-frames K); branch 0 is DeepCache's
+# default (the input conv and the last up layer), 2 the whole first level (two layers a block)
+DEEP_CACHE = {"p": (3, 0, 1), "q": (3, 2, 1), "r": (1, 0, 2), "s": (3, 0, 2)}
 CONFIGS.update({name: "sdvideo + " + ", ".join([f"DeepCache N={n}"] * (n > 1) + [f"frame cache K={k}"] * (k > 1))
-                + f", B={b}" for name, (n, b, k) in DEEP_CACHE.items()})
+                + f", branch {b}" for name, (n, b, k) in DEEP_CACHE.items()})
 FEW_STEPS = {"h": 4, "i": 4, "j": 1, "k": 1}  # the few-step configurations' steps (guidance 0, tiny VAE)
 DIFFUSERS = "abhj"  # the configurations that call diffusers' pipeline
 EVALUATIONS = ("unet", "controlnet", "embedding", "unet_all", "controlnet_all")  # count_evaluations' counts

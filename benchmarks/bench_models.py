@@ -85,9 +85,9 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def unit_flops(args):
-    """FLOPs of one UNet, one ControlNet evaluation (batch 1), their shallow evaluations (DeepCache)
-    and one VAE decode and encode."""
+def unit_flops(args, branches=()):
+    """FLOPs of one UNet, one ControlNet evaluation (batch 1), their shallow evaluations at DeepCache's
+    ``branches`` and one VAE decode and encode."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -113,23 +113,23 @@ def unit_flops(args):
             with FlopCounterMode(display=False) as counter:
                 fn()
             counts[key] = counter.get_total_flops()
-        counts.update(shallow_flops(pipe, sample, context, hint))
+        counts.update(shallow_flops(pipe, sample, context, hint, branches))
     counts["parameters_unet"] = sum(p.numel() for p in pipe.unet.parameters())
     counts["parameters_controlnet"] = sum(p.numel() for p in pipe.controlnet.parameters())
     return counts
 
 
-def shallow_flops(pipe, sample, context, hint):
+def shallow_flops(pipe, sample, context, hint, branches):
     """FLOPs of one DeepCache shallow evaluation of the UNet and of the ControlNet (pose-map embedding
-    included, as in "controlnet") per branch B -> {"unet_shallow_B": ..., "controlnet_shallow_B": ...}."""
+    included, as in "controlnet") per branch id -> {"unet_shallow_ID": ..., "controlnet_shallow_ID": ...}."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from loop.deep_cache import captured_inputs, deep_branch_limit, shallow_controlnet, shallow_unet
+    from loop.deep_cache import deep_capture, shallow_controlnet, shallow_unet
 
     counts, timestep = {}, torch.tensor(500)
-    for branch in range(1, deep_branch_limit(pipe) + 1):
-        with captured_inputs(pipe.unet.up_blocks[len(pipe.unet.up_blocks) - branch]) as seen:
+    for branch in sorted(set(branches)):
+        with deep_capture(pipe.unet, branch) as seen:
             pipe.unet(sample, timestep, encoder_hidden_states=context)
         for key, fn in (("unet", lambda: shallow_unet(pipe.unet, sample, timestep, context, seen[-1], branch)),
                         ("controlnet", lambda: shallow_controlnet(pipe.controlnet, sample, timestep, context, hint,

@@ -258,7 +258,10 @@ def run_record(args, clip, pipe, found, driver, stats, timings):
     shell command that reproduces the run."""
     num_frames = len(clip.pose_maps)
     noise_settings = {"progressive": {"drift": args.noise_drift},
-                      "flow-gated": {"threshold_px": args.noise_flow_threshold}}.get(args.noise, {})
+                      "flow-gated": {"threshold": args.noise_flow_threshold,
+                                     "threshold_of": "largest flow" if args.noise_flow_relative else "pixels",
+                                     "gates": "inverted latents" if args.invert_source else "noise"},
+                      }.get(args.noise, {})
     return {
         "args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
         "frames": num_frames, "fps": clip.fps, "size": [args.width, args.height],

@@ -108,6 +108,8 @@ def value_checks(args):
         (args.fps is None or args.stride == 1, "give --fps or --stride, not both"),
         (0 < args.noise_drift <= math.pi, "--noise-drift must be in (0, pi] radians"),
         (args.noise_flow_threshold >= 0, "--noise-flow-threshold must be >= 0 pixels"),
+        (not args.noise_flow_relative or args.noise_flow_threshold <= 1,
+         "--noise-flow-relative: --noise-flow-threshold is a fraction of the largest flow and must be <= 1"),
         (not (args.noise == "flow-gated" and args.video is None),
          "--noise flow-gated needs --video: the gate is the source clip's optical flow"),
         (args.anchor in ("first", "middle") or args.anchor.isdigit(), "--anchor must be first, middle or a frame number"),
@@ -141,7 +143,7 @@ def noise_settings(args, sources=None):
     if args.noise == "progressive":
         return {"drift": args.noise_drift}
     if args.noise == "flow-gated" and sources is not None:
-        return {"moving": sources.moving(args.noise_flow_threshold)}
+        return {"moving": sources.moving(args.noise_flow_threshold, args.noise_flow_relative)}
     return {}
 
 

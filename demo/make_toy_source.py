@@ -23,7 +23,8 @@ from toy import motions  # noqa: E402
 from toy import toyworld  # noqa: E402
 
 TOY_SOURCE_PROMPT = "a golfer in a blue shirt and white trousers, on a golf course"
-JACKS_PROMPT = "a person in a green shirt and black trousers, in a studio"
+# On the sweeps' prompts' background, as the swing is: pose IoU finds the figure by its distance from it
+JACKS_PROMPT = "a person in a green shirt and black trousers, on a golf course"
 JACKS_CANVAS, JACKS_FPS = 512, 24.0
 
 

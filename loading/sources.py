@@ -110,11 +110,14 @@ class Sources:
             self._flows = torch.from_numpy(flows), torch.from_numpy(masks)[:, None]
         return self._flows
 
-    def moving(self, threshold):
+    def moving(self, threshold, relative=False):
         """Per latent pixel and frame pair, 1 where the source's flow exceeds ``threshold`` source
-        pixels (unreliable flow counts as moving), (F-1, h, w) float: flow-gated noise's mask."""
+        pixels, or with ``relative`` that fraction of the pair's largest flow (Ground-A-Video's rule);
+        unreliable flow counts as moving. (F-1, h, w) float: flow-gated noise's mask."""
         flows, masks = self.flows()
         speed = flows.norm(dim=-1) * self.pipe.vae_scale_factor  # latent pixels -> source pixels
+        if relative:
+            speed = speed / speed.flatten(1).amax(1).clamp_min(torch.finfo(speed.dtype).eps)[:, None, None]
         return ((speed > threshold) | (masks[:, 0] < 0.5)).float()
 
     def save(self, path):

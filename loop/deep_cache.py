@@ -1,18 +1,20 @@
 """DeepCache (Ma et al., CVPR 2024) across steps, and deep features shared across neighbouring frames.
 
-A full evaluation runs the whole UNet and keeps, per frame, the deep features: what enters the
-last ``branch`` up blocks (the output of the up block before them). A shallow evaluation runs only
-the first ``branch`` down blocks and the last ``branch`` up blocks on such kept features
-(``shallow_unet``). ``DeepCache`` plans each step's evaluations: with ``interval`` N, steps 0, N,
-2N, ... of a pass (counted from its first step run) are full and the rest shallow, DeepCache's
-uniform schedule; with ``frames`` K, the clip's frames go in groups of K neighbours whose key frame
-(nearest the group's centre) is the only one evaluated in full, the others reuse its features.
+The shallow branch is named by DeepCache's branch id (``split``): 3 a down block, plus the layers of
+that block it runs. A full evaluation runs the whole UNet and keeps, per frame, the deep features:
+the hidden state the first up layer of the branch receives (``deep_capture``). A shallow evaluation
+runs only the input conv, the down layers before the branch point and their mirror on the way up, on
+such kept features (``shallow_unet``); id 0 is the input conv and the last up layer alone.
+``DeepCache`` plans each step's evaluations: with ``interval`` N, steps 0, N, 2N, ... of a pass
+(counted from its first step run) are full and the rest shallow, DeepCache's uniform schedule; with
+``frames`` K, the clip's frames go in groups of K neighbours whose key frame (nearest the group's
+centre) is the only one evaluated in full, the others reuse its features.
 
 The ControlNet: DeepCache's own code (``DeepCacheSDHelper``) wraps the UNet's blocks only, so the
 ControlNet runs at every step and the UNet adds its residuals to whatever the (possibly cached)
-blocks return. At a shallow step the cached blocks ignore their inputs, so only the residuals of
-the first ``branch`` levels reach the output; ``shallow_controlnet`` computes just those, the same
-numbers for less work (tests/test_deep_cache.py checks the frames against DeepCacheSDHelper's).
+layers return. At a shallow step the cached layers ignore their inputs, so only the residuals of the
+branch's own levels reach the output; ``shallow_controlnet`` computes just those, the same numbers
+for less work (tests/test_deep_cache.py checks the frames against DeepCacheSDHelper's).
 """
 import itertools
 from contextlib import contextmanager
@@ -55,39 +57,73 @@ def up_block(block, hidden, embedding, skips, size, embeds, attention_kwargs):
     return block(hidden_states=hidden, temb=embedding, res_hidden_states_tuple=skips, upsample_size=size)
 
 
+def layer_pairs(block):
+    """A UNet block's layers in order: (resnet, its attention or None)."""
+    attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+    return list(zip(block.resnets, attentions))
+
+
+def run_layer(resnet, attention, hidden, embedding, embeds, attention_kwargs):
+    """One layer, as the blocks' forward runs it: the resnet, then its attention where it has one."""
+    hidden = resnet(hidden, embedding)
+    if attention is not None:
+        hidden = attention(hidden, encoder_hidden_states=embeds, cross_attention_kwargs=attention_kwargs,
+                           return_dict=False)[0]
+    return hidden
+
+
+def split(branch):
+    """DeepCache's branch id -> (block, layer): the shallow branch runs down blocks before ``block`` and that
+    block's first ``layer`` layers, and mirrors them on the way up (DeepCacheSDHelper: 3 ids a block)."""
+    return divmod(branch, 3)
+
+
+def shallow_down(model, hidden, embedding, embeds, branch, attention_kwargs):
+    """A UNet's or ControlNet's input conv's output ``hidden`` through the shallow branch's down side ->
+    its skip outputs, the input conv's first: the only ones a shallow evaluation computes."""
+    block_id, layer = split(branch)
+    skips = (hidden,)
+    for block in model.down_blocks[:block_id]:
+        hidden, outputs = down_block(block, hidden, embedding, embeds, attention_kwargs)
+        skips += outputs
+    for resnet, attention in layer_pairs(model.down_blocks[block_id])[:layer]:  # no downsampler: it feeds the cache
+        hidden = run_layer(resnet, attention, hidden, embedding, embeds, attention_kwargs)
+        skips += (hidden,)
+    return skips
+
+
 def shallow_controlnet(controlnet, sample, t, embeds, cond, scale, branch, attention_kwargs=None):
-    """The residuals of a ControlNet's input conv and first ``branch`` down blocks, each (R, C_k, h_k, w_k),
-    scaled: the ones a shallow UNet evaluation adds (its deeper residuals meet cached blocks).
-    sample: (R, 4, h, w); cond: (R, 3, H, W) control maps or their embeddings."""
+    """The residuals of a ControlNet's input conv and shallow branch (DeepCache id ``branch``), each
+    (R, C_k, h_k, w_k), scaled: the ones a shallow UNet evaluation adds (its deeper residuals meet cached
+    layers). sample: (R, 4, h, w); cond: (R, 3, H, W) control maps or their embeddings."""
     if controlnet.config.controlnet_conditioning_channel_order == "bgr":
         cond = torch.flip(cond, dims=[1])
     embedding = time_embedding(controlnet, sample, t)
     hidden = controlnet.conv_in(sample) + controlnet.controlnet_cond_embedding(cond)
-    skips = (hidden,)
-    for block in controlnet.down_blocks[:branch]:
-        hidden, outputs = down_block(block, hidden, embedding, embeds, attention_kwargs)
-        skips += outputs
+    skips = shallow_down(controlnet, hidden, embedding, embeds, branch, attention_kwargs)
     return [zero_conv(skip) * scale for skip, zero_conv in zip(skips, controlnet.controlnet_down_blocks)]
 
 
 def shallow_unet(unet, sample, t, embeds, deep, branch, control=None, attention_kwargs=None):
-    """DeepCache's shallow branch: the UNet's output (R, 4, h, w) from its first ``branch`` down blocks
-    and last ``branch`` up blocks, ``deep`` (R, C, h', w') standing in for what the up blocks before
-    them returned; ``control``: the ControlNet residuals of those levels (shallow_controlnet)."""
+    """DeepCache's shallow branch (id ``branch``): the UNet's output (R, 4, h, w) from its input conv, the
+    down layers before the branch point and their mirror on the way up, ``deep`` (R, C, h', w') standing
+    in for the hidden state the first of those up layers receives (``deep_capture``); ``control``: the
+    ControlNet residuals of those levels (shallow_controlnet)."""
     # the UNet's forward passes explicit upsampling sizes where a side does not halve evenly
     uneven = any(side % 2 ** unet.num_upsamplers for side in sample.shape[-2:])
     embedding = time_embedding(unet, sample, t)
-    hidden = unet.conv_in(sample)
-    skips = (hidden,)
-    for block in unet.down_blocks[:branch]:
-        hidden, outputs = down_block(block, hidden, embedding, embeds, attention_kwargs)
-        skips += outputs
-    ups = unet.up_blocks[len(unet.up_blocks) - branch:]
-    skips = skips[:sum(len(block.resnets) for block in ups)]  # the last downsampled output fed the cached levels
+    skips = shallow_down(unet, unet.conv_in(sample), embedding, embeds, branch, attention_kwargs)
     if control is not None:
         skips = tuple(skip + residual for skip, residual in zip(skips, control))
-    hidden = deep
-    for index, block in enumerate(ups):
+    block_id, layer = split(branch)
+    hidden, ups = deep, unet.up_blocks[len(unet.up_blocks) - 1 - block_id:]
+    for resnet, attention in layer_pairs(ups[0])[len(ups[0].resnets) - 1 - layer:]:  # the block cut at the branch
+        hidden = torch.cat([hidden, skips[-1]], dim=1)
+        skips = skips[:-1]
+        hidden = run_layer(resnet, attention, hidden, embedding, embeds, attention_kwargs)
+    for upsampler in ups[0].upsamplers or []:
+        hidden = upsampler(hidden, skips[-1].shape[2:] if uneven else None)
+    for index, block in enumerate(ups[1:], 1):
         inputs, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
         size = skips[-1].shape[2:] if uneven and index < len(ups) - 1 else None
         hidden = up_block(block, hidden, embedding, inputs, size, embeds, attention_kwargs)
@@ -97,12 +133,22 @@ def shallow_unet(unet, sample, t, embeds, deep, branch, control=None, attention_
 
 
 @contextmanager
-def captured_inputs(module):
-    """A list that collects the hidden_states each call of ``module`` receives while inside."""
+def deep_capture(unet, branch):
+    """A list that collects, while inside, the deep features of each UNet call: the hidden state the
+    first up layer of DeepCache's shallow branch ``branch`` receives (before its skip is joined), which
+    is the input of the up block cut at the branch or the output of that block's layer before it."""
+    block_id, layer = split(branch)
+    block = unet.up_blocks[len(unet.up_blocks) - 1 - block_id]
+    first = len(block.resnets) - 1 - layer  # the first of the block's layers the shallow branch runs
     seen = []
-    handle = module.register_forward_pre_hook(
-        lambda _, args, kwargs: seen.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]),
-        with_kwargs=True)
+    if first == 0:
+        handle = block.register_forward_pre_hook(
+            lambda _, args, kwargs: seen.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]),
+            with_kwargs=True)
+    else:
+        resnet, attention = layer_pairs(block)[first - 1]
+        handle = (attention or resnet).register_forward_hook(
+            lambda _, args, output: seen.append(output[0] if isinstance(output, tuple) else output))
     try:
         yield seen
     finally:
@@ -125,17 +171,20 @@ def group_keys(frame_ids, size):
     return [keys[frame // size] for frame in frame_ids]
 
 
-def deep_branch_limit(pipe):
-    """The largest --cache-branch the pipeline's UNet allows (its down blocks less one)."""
-    return len(unwrapped(pipe.unet).down_blocks) - 1
+def branch_ids(pipe):
+    """The DeepCache branch ids the pipeline's UNet allows: 3 a block, a layer count up to its layers per
+    block, in every down block but the deepest (something must stay cached)."""
+    unet = unwrapped(pipe.unet)
+    return [3 * block + layer for block in range(len(unet.down_blocks) - 1)
+            for layer in range(len(unet.down_blocks[block].resnets) + 1)]
 
 
 def check_models(pipe, branch):
     """A UserError where the pipeline's UNet or ControlNet cannot run the shallow branch ``branch``."""
-    limit = deep_branch_limit(pipe)
-    if not 1 <= branch <= limit:
-        raise UserError(f"--cache-branch {branch}: this UNet has {limit + 1} down blocks, so the shallow branch is "
-                        f"1..{limit} of them (the rest is cached)")
+    allowed = branch_ids(pipe)
+    if branch not in allowed:
+        raise UserError(f"--cache-branch {branch}: this UNet's DeepCache branch ids are "
+                        f"{', '.join(map(str, allowed))} (3 a down block, plus its layers run)")
     for model in (unwrapped(pipe.unet), *predict.controlnets(pipe)):
         used = [name for name in UNSUPPORTED if model.config.get(name)]
         if used:
@@ -144,15 +193,14 @@ def check_models(pipe, branch):
 
 
 class FullModels(predict.Models):
-    """A full evaluation that hands the deep features (the input of the cached levels' successor) to ``keep``."""
+    """A full evaluation that hands the deep features (``deep_capture``) to ``keep``."""
 
     def __init__(self, pipe, branch, keep):
         super().__init__(pipe)
-        unet = unwrapped(pipe.unet)
-        self.block, self.keep = unet.up_blocks[len(unet.up_blocks) - branch], keep
+        self.branch, self.keep = branch, keep
 
     def unet(self, model_input, t, embeds, residuals, attention_kwargs):
-        with captured_inputs(self.block) as seen:
+        with deep_capture(unwrapped(self.pipe.unet), self.branch) as seen:
             output = super().unet(model_input, t, embeds, residuals, attention_kwargs)
         self.keep(seen[-1])
         return output
@@ -184,12 +232,12 @@ class ShallowModels(predict.Models):
 @dataclass
 class DeepCache(Technique, Registered):
     """Full evaluations at steps 0, N, 2N, ... of a pass and, with ``frames`` K > 1, only for each group's
-    key frame; the other evaluations run the shallow branch (the first and last ``branch`` blocks) on
+    key frame; the other evaluations run the shallow branch (DeepCache's branch id ``branch``) on
     the deep features kept per frame. ``restarts``: steps where a technique replaces latents wholesale
     (copying, the first differences step): the kept features are dropped there."""
 
     interval: int = 1
-    branch: int = 1
+    branch: int = 0
     frames: int = 1
     restarts: tuple = ()
     name, summary = "deep-cache", "DeepCache: deep UNet features reused across steps and neighbouring frames"
@@ -200,19 +248,23 @@ class DeepCache(Technique, Registered):
         group.add_argument("--cache-interval", type=int, default=1, metavar="N",
                            help="DeepCache: the full UNet at steps 0, N, 2N, ... (from the first step run), the "
                                 "shallow branch on kept deep features between (1: off)")
-        group.add_argument("--cache-branch", type=int, default=1, metavar="B",
-                           help="--cache-interval, --cache-frames: the shallow branch runs the first B down and "
-                                "last B up blocks (and the ControlNet's first B)")
+        group.add_argument("--cache-branch", type=int, default=0, metavar="ID",
+                           help="--cache-interval, --cache-frames: DeepCache's branch id, 3 x block + layers: the "
+                                "shallow branch runs the down blocks before that block, its first layers and their "
+                                "mirror on the way up (and the ControlNet's same layers); 0: the input conv and the "
+                                "last up layer only, as DeepCacheSDHelper's default")
         group.add_argument("--cache-frames", type=int, default=1, metavar="K",
                            help="frames in groups of K neighbours: each step only the group's key frame runs in "
-                                "full, the others the shallow branch on its deep features (1: off)")
+                                "full, the others the shallow branch on its deep features (1: off); for frames from "
+                                "one noise (--noise fixed) or one source start: with independent noise a "
+                                "neighbour's features belong to another draw")
 
     @staticmethod
     def check(args):
-        if args.cache_interval < 1 or args.cache_frames < 1 or args.cache_branch < 1:
-            raise UserError("--cache-interval, --cache-frames and --cache-branch must be at least 1")
+        if args.cache_interval < 1 or args.cache_frames < 1 or args.cache_branch < 0:
+            raise UserError("--cache-interval and --cache-frames must be at least 1, --cache-branch at least 0")
         if args.cache_interval == 1 and args.cache_frames == 1:
-            if args.cache_branch != 1:
+            if args.cache_branch != 0:
                 raise UserError("--cache-branch sets the shallow branch of --cache-interval or --cache-frames: "
                                 "give one of them too")
             return

@@ -19,6 +19,7 @@ from common.errors import UserError
 from loop.indices import check_steps, parse_step, parse_step_range, previous_index, resolve_anchor
 from loop.inversion import start_step
 from loop.pipeline import Technique
+from noise import gate_by_motion
 
 MULTISTEP = ("dpm++", "unipc")  # schedulers that keep the model outputs of earlier steps
 
@@ -137,7 +138,14 @@ class StartFromInversion(Technique, Registered):
 
     @classmethod
     def from_args(cls, args, sources):
-        return cls(*sources.inverted(), args.strength) if args.invert_source else None
+        if not args.invert_source:
+            return None
+        latents, record = sources.inverted()
+        if args.noise == "flow-gated":  # Ground-A-Video smooths the inverted latents, not fresh noise
+            latents = gate_by_motion(latents, sources.moving(args.noise_flow_threshold, args.noise_flow_relative)
+                                     .to(latents.device))
+            record = {**record, "flow_gated": True}
+        return cls(latents, record, args.strength)
 
     def cost(self, num_frames, num_steps):
         climb = 0 if self.inversion["from_cache"] else self.inversion["unet_evals_per_frame"]

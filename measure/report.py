@@ -48,7 +48,8 @@ def write_results(config, rows):
 
 
 SUMMARY_NOTE = ("Each setting's mean over its runs (seeds and inputs), with its 95 % bootstrap interval over "
-                "them in brackets (one run: no interval).")
+                "them in brackets (one run: no interval); a seed's runs are resampled together, since they share "
+                "its noise.")
 
 
 def interval_text(interval, runs):

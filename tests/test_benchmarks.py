@@ -94,3 +94,23 @@ def test_a_peer_claim_is_judged_in_each_setting_and_not_measurable_where_the_pro
     assert table[f"{rave}: own setting: inversion with the ControlNet, K=3"] == (
         "not measurable on the toy world (grid (RAVE, K=2): probe ratio 1.30) (measured: holds)")
     assert table[f"{stream}: own setting: img2img at 0.4, fixed noise"] == "does not hold"
+
+
+def test_deepcaches_pose_cost_is_judged_against_its_margin_by_its_interval(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import toy_cache
+
+    losses = {"cache-3": 0.005, "cache-5": 0.05, "frames-2": 0.02}  # the cached settings' pose IoU loss per pair
+    jitter = (0.0, 0.03, -0.03, 0.03, -0.03, 0.0)  # frames-2's loss spreads across the margin
+
+    def values(name, i):
+        loss = losses.get(name, 0.0) + (jitter[i] if name == "frames-2" else 0.0)
+        return dict(pose_iou=0.7 - loss, warping_error=1.0 - 0.1 * (name != "plain"), shirt_color_accuracy=1.0,
+                    unet_evals_per_frame=10.0, seconds_per_frame=1.0)
+
+    rows = [dict(row, setting=name, seed=seed, input=clip)
+            for name, pairs in _runs({"plain", *losses}, values).items() for (seed, clip), row in pairs.items()]
+    lines = {line.split(" (")[0].strip("| "): line for line in toy_cache.table(rows).splitlines()[2:]}
+    assert "| holds |" in lines["cache-3"] and "| does not hold |" in lines["cache-5"]
+    assert "| undetermined |" in lines["frames-2"] and "-10.0%" in lines["cache-3"]
+    assert "not run" in lines["copying-cache-3"]

@@ -13,7 +13,7 @@ import sdvideo
 from conftest import assert_tensors_close, random_keypoints
 from loading import builtin
 from loop import pipeline, predict
-from loop.deep_cache import DeepCache, ShallowModels, captured_inputs, group_keys, shallow_controlnet, shallow_unet
+from loop.deep_cache import DeepCache, ShallowModels, deep_capture, group_keys, shallow_controlnet, shallow_unet
 from loop.techniques import Copy
 
 PROMPT, NEGATIVE = "a golfer", "blurry"
@@ -23,7 +23,7 @@ FAST = ["--model", "tiny", "--height", "64", "--width", "64", "--quiet"]
 @pytest.fixture(scope="module")
 def deep_pipe(tiny_pipe):
     """SD's layout at toy width with three levels and two layers a block (the tiny model has two and
-    one), so that the shallow branch can be 1 or 2 blocks deep."""
+    one), so that the shallow branch can end at any layer of two blocks (DeepCache ids 0-5)."""
     blocks = dict(builtin.TINY_BLOCKS, block_out_channels=(16, 32, 32), layers_per_block=2,
                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"))
     with torch.random.fork_rng(devices=[]):
@@ -58,7 +58,7 @@ def differs(actual, expected):
     return bool((actual - expected).abs().max() > 1e-3 * expected.abs().max())
 
 
-@pytest.mark.parametrize("branch", [1, 2])
+@pytest.mark.parametrize("branch", range(6))
 def test_the_shallow_branch_on_its_own_deep_features_is_the_full_unet_and_controlnet(deep_pipe, branch):
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(4, 4, 9, 12, generator=generator)
@@ -68,16 +68,16 @@ def test_the_shallow_branch_on_its_own_deep_features_is_the_full_unet_and_contro
     with torch.no_grad():
         down, mid = deep_pipe.controlnet(sample, t, encoder_hidden_states=embeds, controlnet_cond=hint,
                                          conditioning_scale=0.8, return_dict=False)
-        with captured_inputs(deep_pipe.unet.up_blocks[3 - branch]) as seen:
+        with deep_capture(deep_pipe.unet, branch) as seen:
             full = deep_pipe.unet(sample, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                                   mid_block_additional_residual=mid).sample
         residuals = shallow_controlnet(deep_pipe.controlnet, sample, t, embeds, hint, 0.8, branch)
         shallow = shallow_unet(deep_pipe.unet, sample, t, embeds, seen[0], branch, residuals)
-    assert len(residuals) == 1 + 3 * branch  # the input conv's, then two layers and a downsampler per block
+    assert len(seen) == 1 and len(residuals) == 1 + branch  # the input conv's, then a layer or downsampler an id
     for ours, theirs in zip(residuals, down):
         assert_tensors_close(ours, theirs)
     assert_tensors_close(shallow, full)
-    assert not any(block._forward_pre_hooks for block in deep_pipe.unet.up_blocks)  # the capture left nothing
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in deep_pipe.unet.modules())  # nothing left
 
 
 def test_several_controlnets_add_their_shallow_residuals_as_multicontrolnet_does(tiny_pipe):
@@ -90,7 +90,7 @@ def test_several_controlnets_add_their_shallow_residuals_as_multicontrolnet_does
         down, _ = nets(sample, t, encoder_hidden_states=embeds, controlnet_cond=hints, conditioning_scale=scales,
                        return_dict=False)
         shallow = ShallowModels(pipe, 1, deep=None).controlnet(sample, t, embeds, hints, scales, None)
-    assert len(shallow) == 3  # the input conv's, the first block's layer and its downsampler
+    assert len(shallow) == 2  # the input conv's and the first block's layer
     for ours, theirs in zip(shallow, down):
         assert_tensors_close(ours, theirs)
 
@@ -113,13 +113,12 @@ def helper_latents(pipe, maps, settings, interval, branch_id):
 
 
 @pytest.mark.parametrize("model, interval, branch, control_end", [
-    ("tiny", 3, 1, 1.0), ("deep", 3, 1, 1.0), ("deep", 2, 2, 0.7)])
+    ("tiny", 3, 0, 1.0), ("tiny", 3, 1, 1.0), ("deep", 3, 0, 1.0), ("deep", 3, 1, 1.0), ("deep", 3, 2, 1.0),
+    ("deep", 2, 4, 0.7), ("deep", 2, 5, 0.7)])
 def test_cached_steps_equal_deepcache_sd_helper(tiny_pipe, deep_pipe, model, interval, branch, control_end):
     pipe = tiny_pipe if model == "tiny" else deep_pipe
     maps, settings = poses(3), config(steps=7, control_end=control_end)
-    # DeepCache numbers a branch 3 x block + layer; our B blocks end after block B-1's last layer
-    branch_id = 3 * (branch - 1) + pipe.unet.config.layers_per_block
-    reference = helper_latents(pipe, maps, settings, interval, branch_id)
+    reference = helper_latents(pipe, maps, settings, interval, branch)
     latents, stats = denoise(pipe, maps, settings, [DeepCache(interval, branch)])
     plain, _ = denoise(pipe, maps, settings)
     assert_tensors_close(latents, reference)
@@ -188,7 +187,7 @@ def test_the_models_are_left_as_they_were_also_after_an_error(tiny_pipe, monkeyp
     monkeypatch.setattr(predict.Models, "unet", failing)
     with pytest.raises(RuntimeError, match="the UNet failed"):
         denoise(tiny_pipe, maps, config(), [DeepCache(2, 1, 1)])
-    assert not any(block._forward_pre_hooks for block in tiny_pipe.unet.up_blocks)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny_pipe.unet.modules())
 
 
 def test_the_cost_model_predicts_the_full_evaluations(tiny_pipe):
@@ -205,7 +204,7 @@ def test_the_run_record_counts_full_and_shallow_evaluations_apart(tmp_path):
                          "--out", str(out)]) == 0
     record = json.loads((out / "run.json").read_text())
     hook = [h for h in record["techniques"]["hooks"] if h["technique"] == "DeepCache"]
-    assert hook == [{"technique": "DeepCache", "interval": 3, "branch": 1, "frames": 1, "restarts": [4]}]
+    assert hook == [{"technique": "DeepCache", "interval": 3, "branch": 0, "frames": 1, "restarts": [4]}]
     cost = record["cost"]
     # the anchor runs steps 0-5 (full at 0, 3 and the copy step 4), the others 4-5 (full at 4): x 2 branches
     assert cost["unet_evals_per_frame"] == pytest.approx(2 * (3 + 1 + 1) / 3)
@@ -214,14 +213,22 @@ def test_the_run_record_counts_full_and_shallow_evaluations_apart(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--cache-interval", "0"], "--cache-interval, --cache-frames and --cache-branch must be at least 1"),
+    (["--cache-interval", "0"], "--cache-interval and --cache-frames must be at least 1, --cache-branch at least 0"),
     (["--cache-interval", "3", "--grid", "2"], "--cache-interval cannot run with --grid"),
     (["--cache-frames", "2", "--compile"], "--cache-frames cannot run with --compile"),
     (["--cache-frames", "2", "--token-merge", "0.5"], "--cache-frames cannot run with --feature-bank or --token-merge"),
-    (["--cache-interval", "2", "--cache-branch", "2"], "--cache-branch 2: this UNet has 2 down blocks"),
-    (["--cache-branch", "2"], "--cache-branch sets the shallow branch of --cache-interval or --cache-frames"),
+    (["--cache-interval", "2", "--cache-branch", "2"], "--cache-branch 2: this UNet's DeepCache branch ids are 0, 1 "),
+    (["--cache-branch", "1"], "--cache-branch sets the shallow branch of --cache-interval or --cache-frames"),
 ])
 def test_what_the_cache_cannot_do_is_refused_in_one_line(tmp_path, capsys, flags, message):
     assert sdvideo.main([*FAST, "--steps", "2", "--max-frames", "2", *flags, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_the_fast_preset_is_deepcache_at_interval_3_and_branch_0(tmp_path):
+    out = tmp_path / "run"
+    assert sdvideo.main([*FAST, "--steps", "6", "--max-frames", "2", "--preset", "fast", "--out", str(out)]) == 0
+    hooks = json.loads((out / "run.json").read_text())["techniques"]["hooks"]
+    assert [h for h in hooks if h["technique"] == "DeepCache"] == [
+        {"technique": "DeepCache", "interval": 3, "branch": 0, "frames": 1, "restarts": []}]

@@ -37,3 +37,24 @@ def test_the_interval_covers_the_mean_and_narrows_with_more_samples():
 ])
 def test_the_verdict_follows_the_side_the_whole_interval_lies_on(changes, side, expected):
     assert intervals.verdict(intervals.bootstrap_interval(changes), side) == expected
+
+
+def test_a_cluster_bootstrap_resamples_dependent_values_together():
+    # two seeds, each with four runs that share its noise: the values move with the seed
+    values, seeds = [1.0, 1.1, 1.0, 1.1, -0.9, -1.0, -0.9, -1.0], [0, 0, 0, 0, 1, 1, 1, 1]
+    mean, low, high = intervals.bootstrap_interval(values, clusters=seeds)
+    assert mean == pytest.approx(0.05) and low == pytest.approx(-0.95) and high == pytest.approx(1.05)
+    _, naive_low, naive_high = intervals.bootstrap_interval(values)  # as eight independent draws: narrower
+    assert naive_low > low and naive_high < high
+    # with one value a cluster it is the plain bootstrap
+    assert intervals.bootstrap_interval(values, clusters=range(8)) == pytest.approx(
+        intervals.bootstrap_interval(values), abs=0.05)
+
+
+def test_seeds_and_inputs_are_resampled_apart():
+    # 3 seeds x 2 inputs; the seed does not matter (a deterministic start), the input does
+    labels = [(s, clip) for s in range(3) for clip in ("swing", "jacks")]
+    values = [0.1 if clip == "swing" else -0.3 for _, clip in labels]
+    mean, low, high = intervals.bootstrap_interval(values, clusters=labels)
+    assert mean == pytest.approx(-0.1) and low == pytest.approx(-0.3) and high == pytest.approx(0.1)
+    assert intervals.bootstrap_interval(values, clusters=[s for s, _ in labels]) == pytest.approx((-0.1, -0.1, -0.1))

@@ -126,16 +126,49 @@ def test_inversion_without_what_it_needs_is_refused_in_one_line(tmp_path, capsys
     assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_flow_gated_inversion_keeps_each_inverted_latent_pixel_where_the_source_is_still():
+    from types import SimpleNamespace
+
+    from loop.techniques import StartFromInversion
+
+    inverted = torch.randn(4, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    moving = torch.zeros(3, 2, 2)
+    moving[:, 0, 0] = 1  # one latent pixel moves at every frame pair
+    sources = SimpleNamespace(inverted=lambda: (inverted, {"steps": 4}), moving=lambda threshold, relative: moving)
+    args = SimpleNamespace(invert_source=True, strength=1.0, noise_flow_threshold=0.2, noise_flow_relative=True)
+    gated = StartFromInversion.from_args(SimpleNamespace(**vars(args), noise="flow-gated"), sources)
+    assert torch.equal(gated.inverted_latents[:, :, 0, 0], inverted[:, :, 0, 0])  # moving: each frame its own
+    assert torch.equal(gated.inverted_latents[:, :, 1:], inverted[:1, :, 1:].expand(4, -1, -1, -1))  # still: frame 0's
+    assert gated.inversion == {"steps": 4, "flow_gated": True}
+    plain = StartFromInversion.from_args(SimpleNamespace(**vars(args), noise="independent"), sources)
+    assert torch.equal(plain.inverted_latents, inverted) and plain.inversion == {"steps": 4}
+
+
+def test_relative_flow_threshold_is_a_fraction_of_each_pairs_largest_flow():
+    from types import SimpleNamespace
+
+    from loading.sources import Sources
+
+    flows = torch.zeros(2, 1, 3, 2)  # latent pixels: pair 0 moves 0.1, 0.5, 1.0; pair 1 ten times as far
+    flows[0, 0, :, 0] = torch.tensor([0.1, 0.5, 1.0])
+    flows[1] = 10 * flows[0]
+    fake = SimpleNamespace(flows=lambda: (flows, torch.ones(2, 1, 1, 3)), pipe=SimpleNamespace(vae_scale_factor=8))
+    assert Sources.moving(fake, 0.2, relative=True).tolist() == [[[0, 1, 1]], [[0, 1, 1]]]
+    assert Sources.moving(fake, 2.0).tolist() == [[[0, 1, 1]], [[1, 1, 1]]]  # 8 px per latent pixel
+
+
 PRESET_HOOKS = {
     "rave": {"StartFromInversion": {"strength": 1.0}, "Grid": {"k": 3, "shuffle": True}},
     "flatten": {"StartFromInversion": {"strength": 1.0}, "TrajectoryAttention": {}},
     "vidtome": {"StartFromInversion": {"strength": 1.0}, "TokenMerge": {"ratio": 0.9, "chunk": 4, "global_ratio": 0.8}},
+    "ground-a-video": {"StartFromInversion": {"strength": 1.0}},
     "streamv2v": {"StartFromLatents": {"strength": 0.4}, "FeatureBank": {"frames": 1, "fusion": 0.8, "threshold": 0.98}},
     "rerender": {"StartFromLatents": {"strength": 0.75}, "CrossFrameAttention": {"mode": "anchor+previous"},
                  "FlowFusion": {"weight": 0.5, "x0_steps": list(indices.parse_step_range("0:0.1", 4)),
                                 "latent_steps": list(indices.parse_step_range("0.5:0.8", 4))}},
 }
-INVERSION_SETTINGS = {"rave": ("", True, 4), "flatten": ("", False, 100), "vidtome": ("", False, 4)}  # at --steps 4
+INVERSION_SETTINGS = {"rave": ("", True, 4), "flatten": ("", False, 100), "vidtome": ("", False, 4),  # at --steps 4
+                      "ground-a-video": ("", False, 4)}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_HOOKS))
@@ -153,6 +186,10 @@ def test_each_peer_preset_runs_in_its_papers_setting_and_records_it(tmp_path, pr
         assert len(inverted["timesteps"]) == record["cost"]["inversion"]["unet_evals_per_frame"]
     if preset == "streamv2v":
         assert record["techniques"]["noise"] == "fixed"
+    if preset == "ground-a-video":
+        assert hooks["StartFromInversion"]["inversion"]["flow_gated"] is True
+        assert record["techniques"]["noise_settings"] == {"threshold": 0.2, "threshold_of": "largest flow",
+                                                          "gates": "inverted latents"}
 
 
 @pytest.mark.parametrize("flags", [

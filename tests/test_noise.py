@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from noise import NOISE, noise_fixed, noise_independent, noise_progressive, noise_slerp, slerp
+from noise import NOISE, gate_by_motion, noise_fixed, noise_independent, noise_progressive, noise_slerp, slerp
 
 SHAPE = (4, 32, 32)
 
@@ -79,3 +79,12 @@ def test_flow_gated_noise_keeps_the_previous_noise_where_the_source_is_still():
     half[:, :, 4:] = 1  # the right half moves
     gated = NOISE["flow-gated"]([torch.Generator().manual_seed(10 + i) for i in range(4)], shape, moving=half)
     assert torch.equal(gated[3, :, :, :4], gated[0, :, :, :4]) and not torch.equal(gated[3, :, :, 4:], gated[0, :, :, 4:])
+
+
+def test_gating_keeps_each_latent_pixel_from_the_last_frame_that_moved_there():
+    latents = torch.arange(4.0)[:, None, None, None].expand(4, 2, 1, 3)  # frame n is all n
+    moving = torch.tensor([[[1, 0, 1]], [[0, 0, 1]], [[1, 0, 0]]], dtype=torch.float32)  # (F-1, 1, 3)
+    gated = gate_by_motion(latents, moving)
+    # column 0 moves at frames 1 and 3, column 1 never, column 2 at frames 1 and 2
+    expected = torch.tensor([[0, 0, 0], [1, 0, 1], [1, 0, 2], [3, 0, 2]], dtype=torch.float32)
+    assert torch.equal(gated, expected[:, None, None, :].expand(4, 2, 1, 3))

@@ -54,10 +54,47 @@ def materialise(module, seed):
     return module.eval()
 
 
+FOLDERS = {}  # variant -> its saved base folder, built once a session
+
+
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def real_folders(request, tmp_path_factory):
-    """(base folder, ControlNet folder) of a random-weight SD variant."""
-    variant = VARIANTS[request.param]
+    """(name, base folder, ControlNet folder) of a random-weight SD variant."""
+    base = variant_folder(request.param, tmp_path_factory)
+    return request.param, base, os.path.join(base, "controlnet")
+
+
+def variant_folder(name, tmp_path_factory):
+    """A variant's diffusers folder (the ControlNet in base/controlnet). SD2.1-768 differs from SD2.1-base
+    only in its configs, so it shares base's weight files (links) and writes its own configs."""
+    if name not in FOLDERS:
+        FOLDERS[name] = derived_768(tmp_path_factory) if name == "sd21-768" else built(name, tmp_path_factory)
+    return FOLDERS[name]
+
+
+def derived_768(tmp_path_factory):
+    variant, base = VARIANTS["sd21-768"], variant_folder("sd21-base", tmp_path_factory)
+    folder = str(tmp_path_factory.mktemp("sd21-768") / "base")
+    changes = {"unet/config.json": dict(sample_size=variant["sample_size"], upcast_attention=True),
+               "controlnet/config.json": dict(upcast_attention=True),
+               "vae/config.json": dict(sample_size=8 * variant["sample_size"]),
+               "scheduler/scheduler_config.json": dict(prediction_type=variant["prediction_type"])}
+    for root, _, files in os.walk(base):
+        os.makedirs(os.path.join(folder, os.path.relpath(root, base)), exist_ok=True)
+        for file in files:
+            relative = os.path.relpath(os.path.join(root, file), base)
+            if relative in changes:
+                with open(os.path.join(base, relative)) as f:
+                    config = {**json.load(f), **changes[relative]}
+                with open(os.path.join(folder, relative), "w") as f:
+                    json.dump(config, f)
+            else:
+                os.symlink(os.path.join(base, relative), os.path.join(folder, relative))
+    return folder
+
+
+def built(name, tmp_path_factory):
+    variant = VARIANTS[name]
     blocks, text = variant.get("blocks", BLOCKS), variant.get("text", TEXT)
     tokenizer = builtin.build_tiny_tokenizer()
     with torch.device("meta"):
@@ -77,9 +114,9 @@ def real_folders(request, tmp_path_factory):
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=DDIMScheduler(prediction_type=variant["prediction_type"], **builtin.SD_SCHEDULE),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    folder = tmp_path_factory.mktemp(request.param)
+    folder = tmp_path_factory.mktemp(name)
     pipe.save_pretrained(str(folder / "base"))  # the ControlNet goes into base/controlnet
-    return request.param, str(folder / "base"), str(folder / "base" / "controlnet")
+    return str(folder / "base")
 
 
 def test_sdvideo_runs_the_real_architecture_on_the_cpu(real_folders, tmp_path, monkeypatch):

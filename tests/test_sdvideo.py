@@ -103,6 +103,7 @@ def test_sizes_are_rounded_to_a_multiple_of_8(tmp_path, caplog):
     (["--stride", "0"], "--stride"),
     (["--fps", "10", "--stride", "2"], "not both"),
     (["--noise-drift", "5"], "--noise-drift"),
+    (["--noise-flow-relative", "--noise-flow-threshold", "1.5"], "must be <= 1"),
     (["--start", "100"], "no frames selected"),
     (["--poses", "missing.json"], "not found"),
     (["--video", "x.mp4"], "video not found"),
@@ -421,7 +422,7 @@ def test_flow_gated_noise_on_a_still_source_gives_the_frames_of_fixed_noise(tmp_
         name = f"frames/{i:05d}.png"
         assert (tmp_path / "gated" / name).read_bytes() == (tmp_path / "fixed" / name).read_bytes()
     record = json.loads((tmp_path / "gated" / "run.json").read_text())
-    assert record["techniques"]["noise_settings"] == {"threshold_px": 1.0}
+    assert record["techniques"]["noise_settings"] == {"threshold": 1.0, "threshold_of": "pixels", "gates": "noise"}
     assert run_cli("--noise", "flow-gated", "--out", str(tmp_path / "none")) == 2
     assert "--noise flow-gated needs --video" in capsys.readouterr().err
 
