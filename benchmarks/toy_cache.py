@@ -22,7 +22,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from measure import intervals, sweep  # noqa: E402
+from measure import intervals  # noqa: E402
 from sections import publish  # noqa: E402
 from toy_claims import by_setting  # noqa: E402
 from toy_world import run_techniques  # noqa: E402
@@ -117,11 +117,10 @@ def main(argv=None):
             measured = json.load(f)
     else:
         started = time.perf_counter()
-        config = sweep.load_config(SWEEP)
         rows, _ = run_techniques(SWEEP)
         measured = {"machine": f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
                     "date": time.strftime("%Y-%m-%d"), "minutes": (time.perf_counter() - started) / 60,
-                    "pairs": len(config["inputs"]) * len(config["seeds"]), "rows": rows}
+                    "pairs": len({(row["seed"], row["input"]) for row in rows}), "rows": rows}
     publish("toy_cache", measured, report(measured), MARKERS, HEADING)
 
 

@@ -207,7 +207,7 @@ class FullModels(predict.Models):
 
 
 class ShallowModels(predict.Models):
-    """A shallow evaluation on ``deep`` (R, C, h', w'): the ControlNets' and UNet's first levels only."""
+    """A shallow evaluation on ``deep`` (R, C, h', w'): the ControlNets' and UNet's shallow branch only."""
 
     shallow = True
 

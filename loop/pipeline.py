@@ -41,7 +41,7 @@ class GenerationConfig:
 @dataclass
 class LoopStats:
     """What the loop did: UNet and ControlNet evaluations (one per frame per CFG branch), full ones
-    and DeepCache's shallow ones (the first down and last up blocks only) apart."""
+    and DeepCache's shallow ones (its shallow branch only) apart."""
 
     unet_evals: int = 0
     controlnet_evals: int = 0
