@@ -114,3 +114,25 @@ def test_deepcaches_pose_cost_is_judged_against_its_margin_by_its_interval(monke
     assert "| holds |" in lines["cache-3"] and "| does not hold |" in lines["cache-5"]
     assert "| undetermined |" in lines["frames-2"] and "-10.0%" in lines["cache-3"]
     assert "not run" in lines["copying-cache-3"]
+
+
+def test_the_probes_cell_local_attention_is_each_frames_own_attention(monkeypatch):
+    """attention_probe's diagnostic: on a 2x2 grid picture, self-attention within each cell equals
+    attending over that frame alone; cross-attention passes through."""
+    import torch
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import attention_probe
+
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8)
+    cells = torch.randn(4, 2, 9, 16)  # 4 cells of a 6x6 grid (3x3 tokens each), batch 2, 16 channels
+    grid = torch.cat([torch.cat([cells[0].view(2, 3, 3, 16), cells[1].view(2, 3, 3, 16)], 2),
+                      torch.cat([cells[2].view(2, 3, 3, 16), cells[3].view(2, 3, 3, 16)], 2)], 1).reshape(2, 36, 16)
+    processor = attention_probe.CellLocalAttention(AttnProcessor2_0())
+    out = processor(attn, grid).view(2, 2, 3, 2, 3, 16).permute(1, 3, 0, 2, 4, 5).reshape(4, 2, 9, 16)
+    for cell in range(4):
+        torch.testing.assert_close(out[cell], AttnProcessor2_0()(attn, cells[cell]), rtol=1e-5, atol=1e-6)
+    text = torch.randn(2, 5, 16)
+    torch.testing.assert_close(processor(attn, grid, text), AttnProcessor2_0()(attn, grid, text))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from loading import builtin, models
 from loop import pipeline
-from toy import batches, motions, stages, train_toy
+from toy import batches, finetune, motions, stages, train_toy
 
 # toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
 # steps train on a 2x2 grid (256 px)
@@ -109,6 +109,22 @@ def test_grid_batches_tile_one_look_in_four_poses():
     assert not torch.equal(quarters[0], quarters[1])  # ... each its own
 
 
+def test_clip_grids_share_the_nuisances_that_look_grids_draw_per_frame():
+    """With clips, a grid's four frames are one clip's: the background's texture and light agree
+    wherever no figure stands; toy world 2's grids draw them per frame."""
+    swing = batches.swing_poses(128)
+
+    def background_spread(clips):
+        images, masks, _, _ = batches.batch(np.random.default_rng(3), 6, swing, 128, grid=2, clips=clips)
+        cells = [images[:, :, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128)]
+        figure = torch.stack([masks[:, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128)]).amax(dim=0) > 0
+        still = ~figure[:, None].expand_as(cells[0])  # (B, 3, 128, 128): background in all four cells
+        return max((cell - cells[0]).abs()[still].mean().item() for cell in cells[1:])
+
+    assert background_spread(clips=True) < 0.01  # the same picture behind four poses (shadows aside)
+    assert background_spread(clips=False) > 0.05
+
+
 def test_the_controlnets_timesteps_lean_to_high_noise():
     torch.manual_seed(0)
     cubic, uniform = (train_toy.draw_timesteps(20000, 1000, kind) for kind in ("cubic", "uniform"))
@@ -135,7 +151,7 @@ def test_offset_noise_shifts_each_pictures_channels_and_a_recipe_without_it_reco
     torch.manual_seed(0)
     offset = train_toy.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
     assert plain.std() < 0.1 < 0.3 < offset.std()  # 1/16 (a mean of 256 normals) against ~0.5
-    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False)) == {}  # the first toy world's recipe still matches
+    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False, grid_clips=False)) == {}  # the first toy world's recipe still matches
 
 
 def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_for_the_probe(tmp_path):
@@ -154,3 +170,19 @@ def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_f
     down, mid = pipe.controlnet(latents, 500, encoder_hidden_states=text, controlnet_cond=torch.rand(1, 3, 128, 128),
                                 return_dict=False)
     assert all(float(d.abs().max()) == 0 for d in down) and float(mid.abs().max()) == 0
+
+
+def test_finetuning_trains_the_unet_and_keeps_the_rest_of_the_base_model(tmp_path):
+    """toy/finetune.py: two steps on clip grids change the UNet and text encoder; the VAE and the
+    ControlNet are the base model's, byte for byte; the base folder is never the output."""
+    out = tmp_path / "tuned"
+    args = ["--steps", "2", "--batch", "4", "--grid-every", "2", "--grid-clips", "--work", str(tmp_path / "work"),
+            "--quiet"]
+    finetune.main([*args, "--out", str(out)])
+    base = builtin.TOY_DIRS["toy"]
+    for part, same in (("unet", False), ("text_encoder", False), ("vae", True), ("controlnet", True)):
+        name = next(f for f in os.listdir(out / part) if f.endswith(".safetensors"))
+        tuned, original = load_file(out / part / name), load_file(os.path.join(base, part, name))
+        assert all(torch.equal(tuned[k], original[k]) for k in original) == same, part
+    with pytest.raises(SystemExit):
+        finetune.main([*args, "--out", base])

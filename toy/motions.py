@@ -107,17 +107,18 @@ def heldout_poses(count, size=SIZE):
     return np.stack([random_pose(rng, size) for _ in range(count)])
 
 
-def sample(rng, swing=None, size=SIZE, swing_share=0.3, golfer_share=None, accent=False):
+def sample(rng, swing=None, size=SIZE, swing_share=0.3, golfer_share=None, accent=False, nuisance=None):
     """One training example: (image uint8 (size, size, 3), mask, keypoints (18, 3), prompt, look).
 
     swing: optional (F, 18, 3) poses in picture pixels (the bundled demo swing), jittered.
     golfer_share: the chance that the subject is "a golfer" (None: one subject of SUBJECTS, 1/4).
-    accent: looks.random_nuisance's (a toy world 3 candidate's accent colour)."""
+    accent: looks.random_nuisance's (a toy world 3 candidate's accent colour).
+    nuisance: the picture's nuisances (None: drawn here)."""
     if swing is not None and rng.random() < swing_share:
         keypoints = jittered(swing[rng.integers(len(swing))], rng, size)
     else:
         keypoints = random_pose(rng, size)
-    look, nuisance = random_look(rng), random_nuisance(rng, accent)
+    look, nuisance = random_look(rng), nuisance or random_nuisance(rng, accent)
     if golfer_share is None:
         subject = SUBJECTS[rng.integers(len(SUBJECTS))]
     else:

@@ -202,11 +202,12 @@ def set_scaling_factor(vae, swing, size, device="cpu"):
 
 
 def offset_config(args):
-    """The noise offset's and the UNet's levels' entries in a stage's recorded recipe: none at their
-    old values (no offset, 3 levels), so older checkpoints match."""
+    """The noise offset's, the UNet's levels', the accent's and the clip grids' entries in a stage's
+    recorded recipe: none at their old values (no offset, 3 levels, neither), so older checkpoints match."""
     return {**({"noise_offset": args.noise_offset} if args.noise_offset else {}),
             **({"unet_levels": args.unet_levels} if args.unet_levels != 3 else {}),
-            **({"accent": True} if args.accent else {})}
+            **({"accent": True} if args.accent else {}),
+            **({"grid_clips": True} if args.grid_clips else {})}
 
 
 def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
@@ -214,7 +215,7 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     def unet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
-                                              device=args.device, accent=args.accent)
+                                              device=args.device, accent=args.accent, clips=args.grid_clips)
         noisy, noise, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
@@ -239,7 +240,7 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
         grid = grid_of(step, args)
         images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
                                                  golfer_share=args.golfer_share, device=args.device,
-                                                 accent=args.accent)
+                                                 accent=args.accent, clips=args.grid_clips)
         noisy, noise, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
@@ -300,6 +301,10 @@ def main(argv=None):
                         help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
     parser.add_argument("--grid-every", type=int, default=8,
                         help="every Nth UNet/ControlNet step trains on 2x2 grids (128 px only; 0: never)")
+    parser.add_argument("--grid-clips", action="store_true",
+                        help="draw each grid as one clip's frames, sharing their nuisances (background texture, "
+                             "light, cap, skin), as RAVE's grids of a video are; toy world 2's grids drew them per "
+                             "frame (issue 34: the grid then carries a look between frames, docs/toy_world.md)")
     parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
