@@ -186,3 +186,12 @@ def test_finetuning_trains_the_unet_and_keeps_the_rest_of_the_base_model(tmp_pat
         assert all(torch.equal(tuned[k], original[k]) for k in original) == same, part
     with pytest.raises(SystemExit):
         finetune.main([*args, "--out", base])
+
+
+def test_finetuning_a_missing_base_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--base", str(tmp_path / "none"), "--work", str(tmp_path / "work"),
+                       "--out", str(tmp_path / "out"), "--quiet"])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "the toy model is missing" in err.strip().splitlines()[-1] and "Traceback" not in err

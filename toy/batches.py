@@ -1,6 +1,7 @@
 """The toy model's training batches: pictures, figure masks, pose maps and prompts drawn from the
 toy world (motions.sample), as 2x2 grids of one look (or of one clip) for RAVE's grid steps, with
-the arms and club marked for the VAE's loss. ``swing_poses`` gives the bundled demo swing at a picture size.
+the arms and club marked for the VAE's loss. ``swing_poses`` gives the bundled demo swing at a
+picture size.
 """
 import os
 

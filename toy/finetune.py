@@ -15,10 +15,11 @@ import sys
 
 import torch
 
+from common.errors import UserError
 from loading import builtin
 from toy import batches
 from toy.stages import Stage, run_stage
-from toy.train_toy import NOISE_OFFSET, Noiser, diffusion_loss, encode_text, export, grid_of
+from toy.train_toy import NOISE_OFFSET, Noiser, export, unet_loss
 
 
 def finetune(args):
@@ -28,18 +29,8 @@ def finetune(args):
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     pipe.vae.requires_grad_(False)
     pipe.controlnet.requires_grad_(False)
-    noiser = Noiser(pipe.vae, offset=NOISE_OFFSET)
-    swing = batches.swing_poses(args.size)
-
-    def loss(rng, step):
-        grid = grid_of(step, args)
-        images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
-                                              clips=args.grid_clips)
-        noisy, noise, timesteps = noiser(images)
-        text = encode_text(tokenizer, text_encoder, prompts)
-        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
-                              noiser.scheduler)
-
+    loss = unet_loss(unet, text_encoder, tokenizer, Noiser(pipe.vae, offset=NOISE_OFFSET),
+                     batches.swing_poses(args.size), args)
     for module in (unet, text_encoder):
         module.requires_grad_(True).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -69,13 +60,18 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    args.size = 128  # toy world 2's pictures: the fine-tuned models are its
+    # toy world 2's pictures, on the CPU, without the accent: the UNet stage's loss reads these
+    args.size, args.device, args.accent = 128, "cpu", False
     if args.steps < 1 or args.grid_every < 0:
         parser.error("--steps must be at least 1 and --grid-every at least 0")
     if os.path.abspath(args.out) == os.path.abspath(args.base):
         parser.error("--out must not be --base: the base model is read, never overwritten")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    export(finetune(args), args.out)
+    try:
+        pipe = finetune(args)
+    except UserError as error:  # a missing base model: one line, nothing written
+        parser.error(str(error))
+    export(pipe, args.out)
 
 
 if __name__ == "__main__":

@@ -210,9 +210,9 @@ def offset_config(args):
             **({"grid_clips": True} if args.grid_clips else {})}
 
 
-def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
-    """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
-    def unet_loss(rng, step):
+def unet_loss(unet, text_encoder, tokenizer, noiser, swing, args):
+    """The UNet stage's loss(rng, step) on batches.batch's pictures (toy/finetune.py's too)."""
+    def loss(rng, step):
         grid = grid_of(step, args)
         images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
                                               device=args.device, accent=args.accent, clips=args.grid_clips)
@@ -220,11 +220,16 @@ def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
         text = encode_text(tokenizer, text_encoder, prompts)
         return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
                               noiser.scheduler)
+    return loss
 
+
+def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
+    """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
     params = list(unet.parameters()) + list(text_encoder.parameters())
     config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps, **offset_config(args)}
+    loss = unet_loss(unet, text_encoder, tokenizer, noiser, swing, args)
     run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps, config),
-              {"unet": unet, "text_encoder": text_encoder}, unet_loss, args)
+              {"unet": unet, "text_encoder": text_encoder}, loss, args)
     unet.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
 
@@ -301,10 +306,8 @@ def main(argv=None):
                         help="weight of the VAE's patch discriminator (0: reconstruction losses only)")
     parser.add_argument("--grid-every", type=int, default=8,
                         help="every Nth UNet/ControlNet step trains on 2x2 grids (128 px only; 0: never)")
-    parser.add_argument("--grid-clips", action="store_true",
-                        help="draw each grid as one clip's frames, sharing their nuisances (background texture, "
-                             "light, cap, skin), as RAVE's grids of a video are; toy world 2's grids drew them per "
-                             "frame (issue 34: the grid then carries a look between frames, docs/toy_world.md)")
+    parser.add_argument("--grid-clips", action="store_true", help="grids of one clip's frames, sharing their "
+                        "nuisances, as RAVE's are (toy world 2's drew them per frame; docs/toy_world.md)")
     parser.add_argument("--vae-steps", type=int, default=3000, help="VAE training steps")
     parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
     parser.add_argument("--controlnet-steps", type=int, default=3500, help="ControlNet training steps")
