@@ -16,6 +16,7 @@ from toy import looks, motions, toy_metrics, toyworld
 STEPS = 10
 FRAMES = slice(28, 44)  # the swing's backswing to follow-through: the most motion
 BATCH = 16
+GOLFER = "a golfer in a red shirt and black trousers, on a golf course"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,18 @@ def swing():
     source = np.stack(video_io.read_video(f"{ROOT}/demo/golf_swing_toy.mp4", list(range(64))[FRAMES],
                                           toyworld.SIZE, toyworld.SIZE, "crop"))
     return maps, keypoints, source
+
+
+@pytest.fixture(scope="module")
+def golfer_clip(toy_pipe, swing):
+    """The red golfer on independent noise, and the swing's source as the peers read it (its flows,
+    computed once): the baseline and inputs that the peers' and flow fusion's tests share."""
+    from types import SimpleNamespace
+
+    from loading.sources import Sources
+
+    maps, _, source = swing
+    return frames_of(toy_pipe, maps, GOLFER), Sources(None, toy_pipe, SimpleNamespace(source_frames=source))
 
 
 def frames_of(pipe, maps, prompt, techniques=(), **config):
@@ -80,26 +93,21 @@ def test_the_prompts_shirt_colour_is_drawn_on_the_torso(toy_pipe, shirt):
     assert toy_metrics.color_accuracy(frames_of(toy_pipe, maps, prompt, seed=3), poses, prompt) >= 0.875  # 1.0
 
 
-def test_the_peers_techniques_do_what_they_are_for(toy_pipe, swing):
+def test_the_peers_techniques_do_what_they_are_for(toy_pipe, swing, golfer_clip):
     """RAVE: reshuffling the grid every step is steadier than a fixed grouping; flow-gated noise:
     less background flicker than independent noise; FLATTEN's trajectory attention changes the
     pictures and keeps to the pose (its steadiness, which the toy model does not show, is reported
     in BENCHMARKS.md)."""
-    from types import SimpleNamespace
-
-    from loading.sources import Sources
     from loop import planners
 
     maps, keypoints, source = swing
-    prompt = "a golfer in a red shirt and black trousers, on a golf course"
+    prompt, (independent, clip_sources) = GOLFER, golfer_clip
     shuffled = frames_of(toy_pipe, maps, prompt, [planners.Grid(2, shuffle=True)])
     ordered = frames_of(toy_pipe, maps, prompt, [planners.Grid(2, shuffle=False)])
     # measured when committed: warping error ordered 0.0141 / shuffled 0.0113
     assert metrics.warping_error(ordered, source) > 1.08 * metrics.warping_error(shuffled, source)
 
-    clip_sources = Sources(None, toy_pipe, SimpleNamespace(source_frames=source))
     gated = frames_of(toy_pipe, maps, prompt, noise="flow-gated", noise_settings={"moving": clip_sources.moving(1.0)})
-    independent = frames_of(toy_pipe, maps, prompt)
     # VBench's background flickering, 1 = a still background: 0.964 / 0.917 when committed
     assert 1 - metrics.background_flickering(gated, source) < 0.5 * (1 - metrics.background_flickering(independent, source))
 
@@ -110,22 +118,19 @@ def test_the_peers_techniques_do_what_they_are_for(toy_pipe, swing):
         assert toy_metrics.pose_iou(frames, keypoints, prompt) > 0.4
 
 
-def test_flow_fusion_steadies_the_clip_and_keeps_the_pose(toy_pipe, swing):
+def test_flow_fusion_steadies_the_clip_and_keeps_the_pose(toy_pipe, swing, golfer_clip):
     """Flow fusion as Rerender does it (x0 early, the noisy latent after): steadier than the same
     noise without it, on independent noise by far, and still on the pose."""
-    from types import SimpleNamespace
-
-    from loading.sources import Sources
     from loop import flow_fusion
     from loop.indices import parse_step_range
 
     maps, keypoints, source = swing
-    prompt = "a golfer in a red shirt and black trousers, on a golf course"
-    flows, masks = Sources(None, toy_pipe, SimpleNamespace(source_frames=source)).flows()
+    prompt, (independent, clip_sources) = GOLFER, golfer_clip
+    flows, masks = clip_sources.flows()
     steps = [parse_step_range(s, STEPS) for s in (flow_fusion.FLOW_X0_STEPS, flow_fusion.FLOW_LATENT_STEPS)]
     motion = flow.backward_flows(source)
     for noise, margin in (("independent", 0.5), ("fixed", 0.95)):
-        plain = frames_of(toy_pipe, maps, prompt, noise=noise)
+        plain = independent if noise == "independent" else frames_of(toy_pipe, maps, prompt, noise=noise)
         fused = frames_of(toy_pipe, maps, prompt, [flow_fusion.FlowFusion(0.5, *steps, flows, masks)], noise=noise)
         # measured when committed: independent 0.0171 -> 0.0059 (IoU 0.52 -> 0.59), fixed 0.00146 -> 0.00127
         assert metrics.warping_error(fused, source, motion) < margin * metrics.warping_error(plain, source, motion)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from loading import builtin, models
 from loop import pipeline
-from toy import batches, finetune, motions, stages, train_toy
+from toy import batches, diffusion, finetune, motions, stages, train_toy
 
 # toy world 2 (128 px): the discriminator joins at the second VAE step, the second UNet and ControlNet
 # steps train on a 2x2 grid (256 px)
@@ -127,7 +127,7 @@ def test_clip_grids_share_the_nuisances_that_look_grids_draw_per_frame():
 
 def test_the_controlnets_timesteps_lean_to_high_noise():
     torch.manual_seed(0)
-    cubic, uniform = (train_toy.draw_timesteps(20000, 1000, kind) for kind in ("cubic", "uniform"))
+    cubic, uniform = (diffusion.draw_timesteps(20000, 1000, kind) for kind in ("cubic", "uniform"))
     assert cubic.min() >= 0 and cubic.max() <= 999 and cubic.dtype == torch.int64
     # t = (1 - u^3) T < T/2 when u > 2^(-1/3): a fifth of the draws, against a half for uniform ones
     assert (cubic < 500).float().mean().item() == pytest.approx(1 - 0.5 ** (1 / 3), abs=0.015)
@@ -147,11 +147,33 @@ def test_offset_noise_shifts_each_pictures_channels_and_a_recipe_without_it_reco
     zeros = SimpleNamespace(sample=lambda: torch.zeros(64, 4, 16, 16))  # every picture encodes to zero latents
     vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0), encode=lambda images: SimpleNamespace(latent_dist=zeros))
     torch.manual_seed(0)
-    plain = train_toy.Noiser(vae)(None)[1].mean(dim=(2, 3))  # each picture's channel means of the noise
+    plain = diffusion.Noiser(vae)(None)[1].mean(dim=(2, 3))  # each picture's channel means of the noise
     torch.manual_seed(0)
-    offset = train_toy.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
+    offset = diffusion.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
     assert plain.std() < 0.1 < 0.3 < offset.std()  # 1/16 (a mean of 256 normals) against ~0.5
-    assert train_toy.offset_config(SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False, grid_clips=False)) == {}  # the first toy world's recipe still matches
+    recipe = SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False, grid_clips=False, prediction="epsilon")
+    assert train_toy.offset_config(recipe) == {}  # the first toy world's recipe still matches
+
+
+def test_a_v_prediction_noiser_targets_the_velocity_and_weighs_min_snr_over_snr_plus_one():
+    latents = torch.randn(8, 4, 16, 16)
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0),
+                          encode=lambda images: SimpleNamespace(latent_dist=SimpleNamespace(sample=lambda: latents)))
+    torch.manual_seed(0)
+    noisy_eps, noise, steps = diffusion.Noiser(vae)(None)
+    torch.manual_seed(0)
+    noisy_v, velocity, steps_v = diffusion.Noiser(vae, prediction="v_prediction")(None)
+    assert torch.equal(noisy_eps, noisy_v) and torch.equal(steps, steps_v)  # the same draws, another target
+    abar = diffusion.Noiser(vae).scheduler.alphas_cumprod[steps][:, None, None, None]
+    # v = sqrt(abar) eps - sqrt(1 - abar) z_0
+    torch.testing.assert_close(velocity, abar.sqrt() * noise - (1 - abar).sqrt() * latents)
+    # an error of 1 everywhere: the loss is the mean weight, min(SNR, 5) / SNR or / (SNR + 1)
+    timesteps = torch.tensor([10, 990])
+    snr = (lambda a: a / (1 - a))(diffusion.Noiser(vae).scheduler.alphas_cumprod[timesteps])
+    for prediction, expected in (("epsilon", snr.clamp(max=5) / snr), ("v_prediction", snr.clamp(max=5) / (snr + 1))):
+        scheduler = diffusion.Noiser(vae, prediction=prediction).scheduler
+        loss = diffusion.diffusion_loss(torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2), timesteps, scheduler)
+        assert float(loss) == pytest.approx(float(expected.mean()), rel=1e-5)
 
 
 def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_for_the_probe(tmp_path):
@@ -159,12 +181,15 @@ def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_f
 
     work = tmp_path / "work"
     one_step = ["--vae-steps", "1", "--unet-steps", "1", "--controlnet-steps", "1", "--grid-every", "0"]
-    train_toy.main([*FEW, *one_step, "--unet-levels", "1", "--accent", "--work", str(work), "--out", str(tmp_path / "out")])
+    train_toy.main([*FEW, *one_step, "--unet-levels", "1", "--accent", "--prediction", "v_prediction",
+                    "--work", str(work), "--out", str(tmp_path / "out")])
     saved = torch.load(work / "unet.pt", weights_only=False)
     assert saved["config"]["unet_levels"] == 1 and saved["config"]["accent"] is True
+    assert builtin.load_toy_pipeline(str(tmp_path / "out")).scheduler.config.prediction_type == "v_prediction"
     assert pipeline_from_work(str(work))[0].controlnet.controlnet_mid_block.weight.abs().max() > 0  # trained
     pipe, step = pipeline_from_work(str(work), control=False)
-    assert step == 1 and len(pipe.unet.down_blocks) == 1 and pipe.unet.down_blocks[0].attentions
+    assert step == 1 and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert len(pipe.unet.down_blocks) == 1 and pipe.unet.down_blocks[0].attentions
     # the ControlNet left out: an untrained one adds nothing, so the pose changes no prediction
     latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, builtin.TINY_MAX_TOKENS, train_toy.TEXT_DIM)
     down, mid = pipe.controlnet(latents, 500, encoder_hidden_states=text, controlnet_cond=torch.rand(1, 3, 128, 128),
@@ -173,12 +198,15 @@ def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_f
 
 
 def test_finetuning_trains_the_unet_and_keeps_the_rest_of_the_base_model(tmp_path):
-    """toy/finetune.py: two steps on clip grids change the UNet and text encoder; the VAE and the
-    ControlNet are the base model's, byte for byte; the base folder is never the output."""
+    """toy/finetune.py: two steps on clip grids, turned to v prediction without offset noise, change the
+    UNet and text encoder and the scheduler's prediction type; the VAE and the ControlNet are the base
+    model's, byte for byte; the base folder is never the output."""
     out = tmp_path / "tuned"
     args = ["--steps", "2", "--batch", "4", "--grid-every", "2", "--grid-clips", "--work", str(tmp_path / "work"),
-            "--quiet"]
+            "--prediction", "v_prediction", "--noise-offset", "0", "--quiet"]
     finetune.main([*args, "--out", str(out)])
+    assert builtin.load_toy_pipeline(str(out)).scheduler.config.prediction_type == "v_prediction"
+    assert torch.load(tmp_path / "work" / "unet.pt", weights_only=False)["config"]["noise_offset"] == 0
     base = builtin.TOY_DIRS["toy"]
     for part, same in (("unet", False), ("text_encoder", False), ("vae", True), ("controlnet", True)):
         name = next(f for f in os.listdir(out / part) if f.endswith(".safetensors"))

@@ -31,10 +31,11 @@ def pipeline_from_work(work, size=128, control=True):
     controlnet = make_controlnet(unet, vae)
     if control and os.path.isfile(os.path.join(work, "controlnet.pt")):
         controlnet.load_state_dict(_state(work, "controlnet")["modules"]["controlnet"])
+    prediction = unet_state["config"].get("prediction", "epsilon")  # recorded where not epsilon
     pipe = StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE, prediction_type=prediction), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
     for module in (vae, text_encoder, unet, controlnet):
         module.requires_grad_(False).eval()
     return pipe, unet_state["step"]

@@ -5,7 +5,8 @@ ControlNet kept: how a toy world 3 direction is tried in minutes instead of a fu
     python benchmarks/attention_probe.py --folder toy_model3g
 
 The loss, noise and batches are train_toy's UNet stage's (batches.batch, Min-SNR weights, offset
-noise); a cosine schedule from --lr; seeded, checkpointed to --work every --save-every steps and
+noise as --noise-offset says); the UNet can be turned to another prediction type (--prediction v_prediction,
+docs/toy_world.md, D); a cosine schedule from --lr; seeded, checkpointed to --work every --save-every steps and
 resumed from there, with a progress bar; the result is a model folder like toy_model/.
 """
 import argparse
@@ -19,7 +20,8 @@ from common.errors import UserError
 from loading import builtin
 from toy import batches
 from toy.stages import Stage, run_stage
-from toy.train_toy import NOISE_OFFSET, Noiser, export, unet_loss
+from toy.diffusion import NOISE_OFFSET, PREDICTIONS, Noiser
+from toy.train_toy import export, unet_loss
 
 
 def finetune(args):
@@ -29,13 +31,16 @@ def finetune(args):
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     pipe.vae.requires_grad_(False)
     pipe.controlnet.requires_grad_(False)
-    loss = unet_loss(unet, text_encoder, tokenizer, Noiser(pipe.vae, offset=NOISE_OFFSET),
+    prediction = pipe.scheduler.config.prediction_type if args.prediction == "base" else args.prediction
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
+    loss = unet_loss(unet, text_encoder, tokenizer, Noiser(pipe.vae, offset=args.noise_offset, prediction=prediction),
                      batches.swing_poses(args.size), args)
     for module in (unet, text_encoder):
         module.requires_grad_(True).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     config = {"base": os.path.abspath(args.base), "grid_every": args.grid_every, "grid_clips": args.grid_clips,
-              "steps": args.steps, "lr": args.lr, "batch": args.batch}
+              "steps": args.steps, "lr": args.lr, "batch": args.batch, "noise_offset": args.noise_offset,
+              "prediction": prediction}
     os.makedirs(args.work, exist_ok=True)
     run_stage(Stage("unet", args.work, params, args.lr, args.steps, config),
               {"unet": unet, "text_encoder": text_encoder}, loss, args)
@@ -54,6 +59,11 @@ def main(argv=None):
     parser.add_argument("--grid-every", type=int, default=2, help="every Nth step trains on 2x2 grids (0: never)")
     parser.add_argument("--grid-clips", action="store_true",
                         help="grids of one clip's frames, sharing their nuisances (train_toy --grid-clips)")
+    parser.add_argument("--noise-offset", type=float, default=NOISE_OFFSET,
+                        help="offset noise in the loss (toy world 2 trained with it; 0: none, as SD)")
+    parser.add_argument("--prediction", choices=("base", *PREDICTIONS), default="base",
+                        help="what the UNet learns to predict: the base model's, or epsilon (SD 2.1-base's) or "
+                             "v_prediction (SD 2.1's at 768 px); the folder's scheduler says it")
     parser.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
     parser.add_argument("--batch", type=int, default=32, help="batch size (frames; a grid is 4)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (the data's is the stage's own)")

@@ -26,21 +26,20 @@ import tempfile
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler,
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler,
                        StableDiffusionControlNetPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import files
 from loading import builtin
 from toy import batches, toyworld
+from toy.diffusion import NOISE_OFFSET, PREDICTIONS, Noiser, diffusion_loss
 from toy.stages import Stage, run_stage
 
 log = logging.getLogger("train_toy")
 TEXT_DIM = 64
-MIN_SNR_GAMMA = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence at small budgets
 DISC_WEIGHT = 0.5  # SD's autoencoder (taming's LPIPSWithDiscriminator): adaptive weight times this
 DISC_START = 0.5  # the discriminator joins after this share of the VAE steps, as SD's disc_start
-NOISE_OFFSET = 0.1  # offset noise (diffusers' --noise_offset): SD's schedule leaves brightness in its last step's noise
 
 
 def build_models(tokenizer, size, unet_levels=3):
@@ -107,45 +106,6 @@ def encode_text(tokenizer, text_encoder, prompts):
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
-def diffusion_loss(noise_pred, noise, timesteps, scheduler):
-    """Epsilon MSE with Min-SNR-gamma weights: w = min(SNR, gamma) / SNR."""
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alpha_bar / (1 - alpha_bar)
-    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-    return (weight * F.mse_loss(noise_pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-
-
-def draw_timesteps(count, total, kind="uniform"):
-    """Training timesteps (count,) in [0, total): uniform, or cubic, t = (1 - u^3) total with u
-    uniform, T2I-Adapter's sampling for a control branch (Mou et al. 2023, sec. 3.4; diffusers'
-    train_t2i_adapter_sdxl.py): most draws at high noise, where the picture's layout is decided."""
-    if kind == "uniform":
-        return torch.randint(0, total, (count,))
-    return ((1 - torch.rand(count) ** 3) * total).long().clamp(0, total - 1)
-
-
-class Noiser:
-    """Pictures -> (noisy latents, noise, timesteps), through the trained VAE and SD's schedule;
-    timesteps drawn as draw_timesteps' ``kind``; ``offset`` > 0 adds offset noise (diffusers'
-    --noise_offset: that times a normal per picture and channel), so that the model cannot take a
-    picture's brightness from the noise that SD's schedule leaves at its last step (docs/toy_world.md)."""
-
-    def __init__(self, vae, timesteps="uniform", offset=0.0):
-        self.vae, self.scaling, self.timesteps, self.offset = vae, vae.config.scaling_factor, timesteps, offset
-        self.scheduler = DDPMScheduler(**{k: v for k, v in builtin.SD_SCHEDULE.items() if k != "set_alpha_to_one"})
-
-    def __call__(self, images):
-        with torch.no_grad():
-            latents = self.vae.encode(images).latent_dist.sample() * self.scaling
-        noise = torch.randn_like(latents)
-        if self.offset:
-            noise = noise + self.offset * torch.randn_like(latents[:, :, :1, :1])
-        timesteps = draw_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.timesteps)
-        timesteps = timesteps.to(latents.device)  # drawn on the CPU: the same draws on every device
-        # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps
-        return self.scheduler.add_noise(latents, noise, timesteps), noise, timesteps
-
-
 def adaptive_weight(reconstruction, adversarial, last_layer):
     """taming's balance of the two losses at the decoder's last layer: |grad rec| / |grad adv|."""
     rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
@@ -202,9 +162,11 @@ def set_scaling_factor(vae, swing, size, device="cpu"):
 
 
 def offset_config(args):
-    """The noise offset's, the UNet's levels', the accent's and the clip grids' entries in a stage's
-    recorded recipe: none at their old values (no offset, 3 levels, neither), so older checkpoints match."""
+    """The noise offset's, the UNet's levels', the accent's, the clip grids' and the prediction type's
+    entries in a stage's recorded recipe: none at their old values (no offset, 3 levels, neither,
+    epsilon), so older checkpoints match."""
     return {**({"noise_offset": args.noise_offset} if args.noise_offset else {}),
+            **({"prediction": args.prediction} if args.prediction != "epsilon" else {}),
             **({"unet_levels": args.unet_levels} if args.unet_levels != 3 else {}),
             **({"accent": True} if args.accent else {}),
             **({"grid_clips": True} if args.grid_clips else {})}
@@ -216,9 +178,9 @@ def unet_loss(unet, text_encoder, tokenizer, noiser, swing, args):
         grid = grid_of(step, args)
         images, _, _, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
                                               device=args.device, accent=args.accent, clips=args.grid_clips)
-        noisy, noise, timesteps = noiser(images)
+        noisy, target, timesteps = noiser(images)
         text = encode_text(tokenizer, text_encoder, prompts)
-        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise, timesteps,
+        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, target, timesteps,
                               noiser.scheduler)
     return loss
 
@@ -239,20 +201,20 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
     share of golfers as --controlnet-timesteps and --golfer-share say (toy world 2: cubic, a half,
     so that control is learnt where the layout is decided and the club along the forearms)."""
     controlnet = make_controlnet(unet, vae).to(args.device)
-    noiser = Noiser(vae, args.controlnet_timesteps, args.noise_offset)
+    noiser = Noiser(vae, args.controlnet_timesteps, args.noise_offset, args.prediction)
 
     def controlnet_loss(rng, step):
         grid = grid_of(step, args)
         images, _, maps, prompts = batches.batch(rng, max(1, args.batch // grid ** 2), swing, args.size, grid,
                                                  golfer_share=args.golfer_share, device=args.device,
                                                  accent=args.accent, clips=args.grid_clips)
-        noisy, noise, timesteps = noiser(images)
+        noisy, target, timesteps = noiser(images)
         with torch.no_grad():
             text = encode_text(tokenizer, text_encoder, prompts)
         down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=maps, return_dict=False)
-        noise_pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
-                          mid_block_additional_residual=mid).sample
-        return diffusion_loss(noise_pred, noise, timesteps, noiser.scheduler)
+        model_output = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid).sample
+        return diffusion_loss(model_output, target, timesteps, noiser.scheduler)
 
     config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps,
               "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share, **offset_config(args)}
@@ -285,13 +247,13 @@ def train(args):
     swing = batches.swing_poses(args.size)
     # 1. VAE, 2. UNet + text encoder, 3. ControlNet, 4. the folder
     train_vae(vae, swing, args)
-    noiser = Noiser(vae, offset=args.noise_offset)
+    noiser = Noiser(vae, offset=args.noise_offset, prediction=args.prediction)
     train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
     controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, swing, args)
     export(StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False), args.out)
+        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE, prediction_type=args.prediction), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False), args.out)
 
 
 def main(argv=None):
@@ -321,6 +283,9 @@ def main(argv=None):
     parser.add_argument("--noise-offset", type=float, default=NOISE_OFFSET,
                         help="offset noise in the UNet's and ControlNet's training (diffusers' --noise_offset; "
                              "without it toy world 2 draws night too bright, docs/toy_world.md; 0: none)")
+    parser.add_argument("--prediction", choices=PREDICTIONS, default="epsilon",
+                        help="what the UNet learns to predict: epsilon (toy world 2, SD 2.1-base) or v_prediction "
+                             "(SD 2.1 at 768 px; issue 34)")
     parser.add_argument("--unet-levels", type=int, choices=(1, 3), default=3,
                         help="the UNet's resolutions: 3 (toy world 2) or 1, the latent resolution alone (issue 34)")
     parser.add_argument("--accent", action="store_true",
