@@ -39,15 +39,16 @@ def materialise(module, seed):
     """Random weights, fast: built on the meta device, then small normal weights tiled from one block of
     draws, and zero biases (default init of 1.6B parameters takes minutes on 2 cores and a draw per weight
     ~10 s a model; the values do not matter here)."""
-    draws = torch.empty(1 << 20).normal_(0, 0.02, generator=torch.Generator().manual_seed(seed))
+    block = torch.empty(1 << 20).normal_(0, 0.02, generator=torch.Generator().manual_seed(seed))
+    doubled = torch.cat([block, block])  # doubled[s:s + n] is the block rolled by s, as a view
     module.to_empty(device="cpu")
     with torch.no_grad():
         for index, (name, parameter) in enumerate(module.named_parameters()):
             if parameter.dim() > 1:
-                flat, rolled = parameter.view(-1), draws.roll(-7919 * index)  # each tensor from its own offset
-                for begin in range(0, len(flat), len(draws)):
-                    piece = flat[begin:begin + len(draws)]
-                    piece.copy_(rolled[:len(piece)])
+                flat, start = parameter.view(-1), 7919 * index % len(block)  # each tensor from its own offset
+                for begin in range(0, len(flat), len(block)):
+                    piece = flat[begin:begin + len(block)]
+                    piece.copy_(doubled[start:start + len(piece)])
             elif name.endswith("weight"):
                 parameter.fill_(1.0)
             else:

@@ -48,7 +48,7 @@ def batch(rng, count, swing, size, grid=1, thin=False, golfer_share=None, device
         for _ in range(grid * grid - 1):  # the same look (and with clips, nuisances), another pose
             keypoints = (motions.jittered(swing[rng.integers(len(swing))], rng, size) if rng.random() < 0.3
                          else motions.random_pose(rng, size))
-            nuisance = shared or looks.random_nuisance(rng, accent)
+            nuisance = looks.random_nuisance(rng, accent) if shared is None else shared
             cells.append((*toyworld.render(keypoints, cells[0][4], nuisance, size), keypoints))
         images.append(_tile([c[0] for c in cells], grid))
         masks.append(_tile([c[1][..., None] for c in cells], grid)[..., 0])

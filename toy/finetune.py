@@ -5,9 +5,10 @@ ControlNet kept: how a toy world 3 direction is tried in minutes instead of a fu
     python benchmarks/attention_probe.py --folder toy_model3g
 
 The loss, noise and batches are train_toy's UNet stage's (batches.batch, Min-SNR weights, offset
-noise as --noise-offset says); the UNet can be turned to another prediction type (--prediction v_prediction,
-docs/toy_world.md, D); a cosine schedule from --lr; seeded, checkpointed to --work every --save-every steps and
-resumed from there, with a progress bar; the result is a model folder like toy_model/.
+noise as --noise-offset says); --prediction v_prediction turns the UNet to v prediction
+(docs/toy_world.md, D); a cosine schedule from --lr; seeded, checkpointed to --work every
+--save-every steps and resumed from there, with a progress bar; the result is a model folder like
+toy_model/.
 """
 import argparse
 import logging
@@ -19,8 +20,8 @@ import torch
 from common.errors import UserError
 from loading import builtin
 from toy import batches
-from toy.stages import Stage, run_stage
 from toy.diffusion import NOISE_OFFSET, PREDICTIONS, Noiser
+from toy.stages import Stage, run_stage
 from toy.train_toy import export, unet_loss
 
 

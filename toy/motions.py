@@ -118,7 +118,8 @@ def sample(rng, swing=None, size=SIZE, swing_share=0.3, golfer_share=None, accen
         keypoints = jittered(swing[rng.integers(len(swing))], rng, size)
     else:
         keypoints = random_pose(rng, size)
-    look, nuisance = random_look(rng), nuisance or random_nuisance(rng, accent)
+    look = random_look(rng)
+    nuisance = random_nuisance(rng, accent) if nuisance is None else nuisance
     if golfer_share is None:
         subject = SUBJECTS[rng.integers(len(SUBJECTS))]
     else:
