@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -114,6 +115,54 @@ def test_deepcaches_pose_cost_is_judged_against_its_margin_by_its_interval(monke
     assert "| holds |" in lines["cache-3"] and "| does not hold |" in lines["cache-5"]
     assert "| undetermined |" in lines["frames-2"] and "-10.0%" in lines["cache-3"]
     assert "not run" in lines["copying-cache-3"]
+
+
+def test_the_probes_split_of_a_spread_into_mean_colour_and_detail(monkeypatch):
+    """attention_probe's split: a frame shifted by one colour differs in its mean colour alone, a frame
+    with its pixels moved around the same mean in its detail alone; the parts' squares add up to the
+    whole's."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import attention_probe
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(50, 200, (1, 8, 8, 3))
+    shifted = np.concatenate([base, base + [10, 20, 30]])
+    assert attention_probe.colour_and_detail(shifted) == pytest.approx((np.sqrt(1400 / 3), 0), abs=1e-9)
+    moved = np.concatenate([base, base[:, ::-1]])  # the same pixels mirrored: the same mean colour
+    colour, detail = attention_probe.colour_and_detail(moved)
+    assert colour == pytest.approx(0, abs=1e-9) and detail > 1
+    frames = rng.uniform(0, 255, (4, 8, 8, 3))
+    colour, detail = attention_probe.colour_and_detail(frames)
+    whole = np.sqrt(((frames[1:] - frames[:1]) ** 2).mean())
+    assert colour ** 2 + detail ** 2 == pytest.approx(whole ** 2, rel=1e-9) and colour > 0
+
+
+def test_the_probe_runs_on_real_weights_given_as_folders_and_writes_nothing(tiny_pipe, tmp_path, monkeypatch,
+                                                                           capsys):
+    """attention_probe --base/--controlnet (how a user with SD measures what the toy's target stands for),
+    here on the tiny random model: a full table printed, benchmarks/results untouched; a missing folder or
+    a --base without its ControlNet is one line."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import attention_probe
+
+    tiny_pipe.save_pretrained(tmp_path / "base")
+    tiny_pipe.controlnet.save_pretrained(tmp_path / "controlnet")
+    results = os.path.join(ROOT, "benchmarks", "results", "attention_probe.json")
+    before = os.stat(results).st_mtime_ns
+    attention_probe.main(["--base", str(tmp_path / "base"), "--controlnet", str(tmp_path / "controlnet"),
+                          "--steps", "1", "--size", "64"])
+    table = capsys.readouterr().out
+    assert "guidance 7.5" in table and os.stat(results).st_mtime_ns == before
+    for name in (*attention_probe.TECHNIQUES, *attention_probe.DIAGNOSTICS):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert all(float(cell) > 0 for cell in row.split("|")[2:5]), row
+    for argv, message in ((["--base", str(tmp_path / "base")], "--controlnet with --base"),
+                          (["--base", str(tmp_path / "none"), "--controlnet", str(tmp_path / "controlnet")],
+                           "base model path not found")):
+        with pytest.raises(SystemExit) as exit_info:
+            attention_probe.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
 def test_the_probes_cell_local_attention_is_each_frames_own_attention(monkeypatch):

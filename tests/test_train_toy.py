@@ -198,15 +198,17 @@ def test_a_toy_world_3_candidate_trains_and_its_checkpoints_load_as_a_pipeline_f
 
 
 def test_finetuning_trains_the_unet_and_keeps_the_rest_of_the_base_model(tmp_path):
-    """toy/finetune.py: two steps on clip grids, turned to v prediction without offset noise, change the
-    UNet and text encoder and the scheduler's prediction type; the VAE and the ControlNet are the base
-    model's, byte for byte; the base folder is never the output."""
+    """toy/finetune.py: two steps on clip grids with the accent, turned to v prediction without offset
+    noise, change the UNet and text encoder and the scheduler's prediction type, and its checkpoint
+    records that recipe; the VAE and the ControlNet are the base model's, byte for byte; the base
+    folder is never the output."""
     out = tmp_path / "tuned"
     args = ["--steps", "2", "--batch", "4", "--grid-every", "2", "--grid-clips", "--work", str(tmp_path / "work"),
-            "--prediction", "v_prediction", "--noise-offset", "0", "--quiet"]
+            "--prediction", "v_prediction", "--noise-offset", "0", "--accent", "--quiet"]
     finetune.main([*args, "--out", str(out)])
     assert builtin.load_toy_pipeline(str(out)).scheduler.config.prediction_type == "v_prediction"
-    assert torch.load(tmp_path / "work" / "unet.pt", weights_only=False)["config"]["noise_offset"] == 0
+    recipe = torch.load(tmp_path / "work" / "unet.pt", weights_only=False)["config"]
+    assert recipe["noise_offset"] == 0 and recipe["accent"]
     base = builtin.TOY_DIRS["toy"]
     for part, same in (("unet", False), ("text_encoder", False), ("vae", True), ("controlnet", True)):
         name = next(f for f in os.listdir(out / part) if f.endswith(".safetensors"))

@@ -41,7 +41,7 @@ def finetune(args):
     params = list(unet.parameters()) + list(text_encoder.parameters())
     config = {"base": os.path.abspath(args.base), "grid_every": args.grid_every, "grid_clips": args.grid_clips,
               "steps": args.steps, "lr": args.lr, "batch": args.batch, "noise_offset": args.noise_offset,
-              "prediction": prediction}
+              "prediction": prediction, **({"accent": True} if args.accent else {})}
     os.makedirs(args.work, exist_ok=True)
     run_stage(Stage("unet", args.work, params, args.lr, args.steps, config),
               {"unet": unet, "text_encoder": text_encoder}, loss, args)
@@ -60,6 +60,9 @@ def main(argv=None):
     parser.add_argument("--grid-every", type=int, default=2, help="every Nth step trains on 2x2 grids (0: never)")
     parser.add_argument("--grid-clips", action="store_true",
                         help="grids of one clip's frames, sharing their nuisances (train_toy --grid-clips)")
+    parser.add_argument("--accent", action="store_true",
+                        help="pictures with one random accent colour on the cap, the shoes and the background's "
+                             "stripes (train_toy --accent)")
     parser.add_argument("--noise-offset", type=float, default=NOISE_OFFSET,
                         help="offset noise in the loss (toy world 2 trained with it; 0: none, as SD)")
     parser.add_argument("--prediction", choices=("base", *PREDICTIONS), default="base",
@@ -71,8 +74,8 @@ def main(argv=None):
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    # toy world 2's pictures, on the CPU, without the accent: the UNet stage's loss reads these
-    args.size, args.device, args.accent = 128, "cpu", False
+    # toy world 2's pictures, on the CPU: the UNet stage's loss reads these
+    args.size, args.device = 128, "cpu"
     if args.steps < 1 or args.grid_every < 0:
         parser.error("--steps must be at least 1 and --grid-every at least 0")
     if os.path.abspath(args.out) == os.path.abspath(args.base):
