@@ -44,13 +44,13 @@ MARKERS = ("<!-- attention-probe:start -->", "<!-- attention-probe:end -->")
 PROMPTS = ("a golfer in a red shirt and black trousers, on a golf course",
            "a person in a blue shirt and white trousers, in a studio",
            "a person in a green shirt and black trousers, on a beach")
-TECHNIQUES = {"cross-frame attention": {"cross_frame_attn": "anchor"},
+CROSS = "cross-frame attention"
+TECHNIQUES = {CROSS: {"cross_frame_attn": "anchor"},
               "grid (RAVE, K=2)": {"grid": 2, "grid_shuffle": False},
               "bank (StreamV2V)": {"feature_bank": 1, "feature_fusion": 0.8},
               "merging (VidToMe)": {"token_merge": 0.9, "merge_chunk": 4, "global_merge": 0.8}}
 GRID = "grid (RAVE, K=2)"
 CELL_LOCAL = "grid, attention within each frame (diagnostic)"  # how much of the grid's pull is attention's
-CROSS = "cross-frame attention"
 PARTS = ("cross-frame attention: each frame's mean colour (RMS, diagnostic)",
          "cross-frame attention: the detail around it (RMS, diagnostic)")  # which part of a look attention carries
 DIAGNOSTICS = (CELL_LOCAL, *PARTS)

@@ -152,7 +152,7 @@ def test_offset_noise_shifts_each_pictures_channels_and_a_recipe_without_it_reco
     offset = diffusion.Noiser(vae, offset=0.5)(None)[1].mean(dim=(2, 3))
     assert plain.std() < 0.1 < 0.3 < offset.std()  # 1/16 (a mean of 256 normals) against ~0.5
     recipe = SimpleNamespace(noise_offset=0.0, unet_levels=3, accent=False, grid_clips=False, prediction="epsilon")
-    assert train_toy.offset_config(recipe) == {}  # the first toy world's recipe still matches
+    assert train_toy.recipe_options(recipe) == {}  # the first toy world's recipe still matches
 
 
 def test_a_v_prediction_noiser_targets_the_velocity_and_weighs_min_snr_over_snr_plus_one():

@@ -5,11 +5,10 @@ budget goes into the rest of the training.
 import os
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
 
 from loading import builtin
 from toy import batches
-from toy.train_toy import build_models, make_controlnet, set_scaling_factor
+from toy.train_toy import assemble, build_models, make_controlnet, set_scaling_factor
 
 
 def _state(work, name):
@@ -32,10 +31,7 @@ def pipeline_from_work(work, size=128, control=True):
     if control and os.path.isfile(os.path.join(work, "controlnet.pt")):
         controlnet.load_state_dict(_state(work, "controlnet")["modules"]["controlnet"])
     prediction = unet_state["config"].get("prediction", "epsilon")  # recorded where not epsilon
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE, prediction_type=prediction), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    pipe = assemble(vae, text_encoder, tokenizer, unet, controlnet, prediction)
     for module in (vae, text_encoder, unet, controlnet):
         module.requires_grad_(False).eval()
     return pipe, unet_state["step"]

@@ -161,10 +161,10 @@ def set_scaling_factor(vae, swing, size, device="cpu"):
     vae.register_to_config(scaling_factor=1.0 / std)
 
 
-def offset_config(args):
-    """The noise offset's, the UNet's levels', the accent's, the clip grids' and the prediction type's
-    entries in a stage's recorded recipe: none at their old values (no offset, 3 levels, neither,
-    epsilon), so older checkpoints match."""
+def recipe_options(args):
+    """The options added since the first toy world (the noise offset, the prediction type, the UNet's
+    levels, the accent, the clip grids) as entries in a stage's recorded recipe: none at their old
+    values (no offset, epsilon, 3 levels, neither), so older checkpoints match."""
     return {**({"noise_offset": args.noise_offset} if args.noise_offset else {}),
             **({"prediction": args.prediction} if args.prediction != "epsilon" else {}),
             **({"unet_levels": args.unet_levels} if args.unet_levels != 3 else {}),
@@ -188,7 +188,7 @@ def unet_loss(unet, text_encoder, tokenizer, noiser, swing, args):
 def train_unet(unet, text_encoder, tokenizer, noiser, swing, args):
     """UNet + text encoder on (picture, prompt), no pose; the prompt dropped as in batches.batch()."""
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps, **offset_config(args)}
+    config = {"size": args.size, "grid_every": args.grid_every, "steps": args.unet_steps, **recipe_options(args)}
     loss = unet_loss(unet, text_encoder, tokenizer, noiser, swing, args)
     run_stage(Stage("unet", args.work, params, args.lr, args.unet_steps, config),
               {"unet": unet, "text_encoder": text_encoder}, loss, args)
@@ -217,7 +217,7 @@ def train_controlnet(unet, vae, text_encoder, tokenizer, swing, args):
         return diffusion_loss(model_output, target, timesteps, noiser.scheduler)
 
     config = {"size": args.size, "grid_every": args.grid_every, "steps": args.controlnet_steps,
-              "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share, **offset_config(args)}
+              "timesteps": args.controlnet_timesteps, "golfer_share": args.golfer_share, **recipe_options(args)}
     run_stage(Stage("controlnet", args.work, controlnet.parameters(), args.lr, args.controlnet_steps, config,
                     args.controlnet_more),
               {"controlnet": controlnet}, controlnet_loss, args)
@@ -250,10 +250,15 @@ def train(args):
     noiser = Noiser(vae, offset=args.noise_offset, prediction=args.prediction)
     train_unet(unet, text_encoder, tokenizer, noiser, swing, args)
     controlnet = train_controlnet(unet, vae, text_encoder, tokenizer, swing, args)
-    export(StableDiffusionControlNetPipeline(
+    export(assemble(vae, text_encoder, tokenizer, unet, controlnet, args.prediction), args.out)
+
+
+def assemble(vae, text_encoder, tokenizer, unet, controlnet, prediction="epsilon"):
+    """The trained parts as a pipeline with SD's DDIM schedule, predicting as they were trained to."""
+    return StableDiffusionControlNetPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE, prediction_type=args.prediction), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False), args.out)
+        scheduler=DDIMScheduler(**builtin.SD_SCHEDULE, prediction_type=prediction), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
 
 
 def main(argv=None):
